@@ -1,0 +1,41 @@
+"""Prefixed random identifiers: `rl_`, `jky_`, `evt_`, `aky_` and `jsk_` secrets."""
+
+from __future__ import annotations
+
+import secrets
+
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def random_base62(length: int) -> str:
+    return "".join(secrets.choice(BASE62) for _ in range(length))
+
+
+def new_id(prefix: str, length: int = 22) -> str:
+    """22 base62 chars carry 130 bits: unguessable and collision-free in practice."""
+    return f"{prefix}_{random_base62(length)}"
+
+
+def realm_id() -> str:
+    return new_id("rl")
+
+
+def key_id() -> str:
+    return new_id("jky")
+
+
+def event_id() -> str:
+    return new_id("evt")
+
+
+def admin_key_id() -> str:
+    return new_id("aky")
+
+
+def hmac_secret() -> str:
+    """43 base62 chars carry 256 bits, the floor for an HS256 secret."""
+    return new_id("jsk", 43)
+
+
+def looks_like(prefix: str, value: str) -> bool:
+    return value.startswith(f"{prefix}_") and all(c in BASE62 for c in value[len(prefix) + 1 :])

@@ -1,0 +1,256 @@
+"""All configuration in one object, read from `KEYROTOR_*` variables or `.env`, checked once."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self, cast
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.durations import format_duration, parse_duration
+from worker.errors import ConfigError, InvalidInput
+
+ENV_PREFIX = "KEYROTOR_"
+MASTER_KEY_BYTES = 32
+
+Env = Literal["development", "production"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+Algo = Literal["hs256", "rs256", "ps256", "es256", "eddsa"]
+RsaBits = Literal[2048, 3072, 4096]
+
+ENVS: tuple[Env, ...] = ("development", "production")
+LOG_LEVELS: tuple[LogLevel, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
+ALGOS: tuple[Algo, ...] = ("hs256", "rs256", "ps256", "es256", "eddsa")
+RSA_BITS: tuple[RsaBits, ...] = (2048, 3072, 4096)
+
+
+def _duration(value: object) -> timedelta:
+    """Turn `30d`, `1h30m` or bare seconds into a timedelta, as a pydantic-readable ValueError."""
+    try:
+        return parse_duration(cast("str | int | float | timedelta", value))
+    except InvalidInput as exc:
+        raise ValueError(str(exc)) from None
+    except (OverflowError, ValueError, TypeError):
+        # parse_duration lets huge, NaN or non-ASCII-digit input escape as a bare Python error.
+        raise ValueError(
+            f"invalid duration {value!r} (use e.g. 30d, 6h, 5m, 90s; at most 3650d)"
+        ) from None
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
+def _choice(options: Iterable[object], normalize: Callable[[str], object]) -> BeforeValidator:
+    """Accept one of `options` written loosely (any case, spaces around), refusing clearly."""
+    allowed = tuple(options)
+
+    def check(value: object) -> object:
+        candidate = normalize(value.strip()) if isinstance(value, str) else value
+        if candidate not in allowed or isinstance(candidate, bool):
+            listed = ", ".join(str(option) for option in allowed)
+            raise ValueError(f"must be one of {listed} (got {value!r})")
+        return candidate
+
+    return BeforeValidator(check)
+
+
+def _rsa_bits(text: str) -> object:
+    return int(text) if text.isascii() and text.isdigit() else text
+
+
+def _at_least(minimum: timedelta) -> AfterValidator:
+    """Refuse durations below `minimum`, naming the minimum in operator spelling."""
+
+    def check(value: timedelta) -> timedelta:
+        if value < minimum:
+            raise ValueError(f"must be at least {format_duration(minimum)}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _between(low: int, high: int | None = None) -> AfterValidator:
+    def check(value: int) -> int:
+        if high is None and value < low:
+            raise ValueError(f"must be at least {low}")
+        if high is not None and not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _redis_url(value: str | None) -> str | None:
+    if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return value
+
+
+def decode_master_keys(text: str) -> tuple[bytes, ...]:
+    """Decode comma-separated base64 keys of 32 bytes; errors never echo a key."""
+    pieces = [piece.strip() for piece in text.split(",") if piece.strip()]
+    if not pieces:
+        raise ValueError("no key given (leave it unset in development to use a generated key)")
+    keys = []
+    for number, piece in enumerate(pieces, start=1):
+        standard = piece.replace("-", "+").replace("_", "/")
+        try:
+            key = base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) != MASTER_KEY_BYTES:
+            raise ValueError(
+                f"key {number} of {len(pieces)} is not {MASTER_KEY_BYTES} bytes in base64 "
+                "(make one with `openssl rand -base64 32`)"
+            )
+        keys.append(key)
+    return tuple(keys)
+
+
+def _master_keys(value: str | None) -> str | None:
+    if value is not None:
+        decode_master_keys(value)
+    return value
+
+
+class Settings(BaseSettings):
+    """keyrotor's settings; `load_settings` builds them and turns refusals into `ConfigError`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+    )
+
+    database_url: NonEmpty = "sqlite:///var/keyrotor.db"
+    redis_url: Annotated[str | None, AfterValidator(_redis_url)] = None
+    master_keys: Annotated[str | None, AfterValidator(_master_keys)] = Field(
+        default=None, repr=False
+    )
+    env: Annotated[Env, _choice(ENVS, str.lower)] = "development"
+    var_dir: Path = Path("var")
+    jwks_dir: Path = Path("var/jwks")
+    jwks_max_age: Duration = timedelta(seconds=300)
+    http_host: NonEmpty = "127.0.0.1"
+    http_port: Annotated[int, _between(1, 65535)] = 8080
+    admin_audience: NonEmpty = "keyrotor-admin"
+    admin_token_max_ttl: Annotated[Duration, _at_least(timedelta(seconds=1))] = timedelta(hours=1)
+    clock_skew: Duration = timedelta(seconds=60)
+    tick: Annotated[Duration, _at_least(timedelta(seconds=1))] = timedelta(seconds=10)
+    events_stream_maxlen: Annotated[int, _between(1000)] = 100_000
+    log_level: Annotated[LogLevel, _choice(LOG_LEVELS, str.upper)] = "INFO"
+
+    # Defaults for the policy of a realm created without one.
+    algo: Annotated[Algo, _choice(ALGOS, str.lower)] = "rs256"
+    rotation_period: Duration = timedelta(days=30)
+    prepublish: Duration = timedelta(hours=1)
+    grace: Duration = timedelta(hours=6)
+    max_token_ttl: Annotated[Duration, _at_least(timedelta(seconds=1))] = timedelta(hours=1)
+    rsa_bits: Annotated[RsaBits, _choice(RSA_BITS, _rsa_bits)] = 2048
+
+    @model_validator(mode="after")
+    def _policy_is_safe(self) -> Self:
+        """Refuse policies under which verifiers would reject valid tokens or miss new keys."""
+        problems = []
+        if self.grace < self.max_token_ttl + self.clock_skew:
+            problems.append(
+                f"{_var('grace')} ({format_duration(self.grace)}) must be at least "
+                f"{_var('max_token_ttl')} + {_var('clock_skew')} "
+                f"({format_duration(self.max_token_ttl + self.clock_skew)})"
+            )
+        if self.prepublish < self.jwks_max_age:
+            problems.append(
+                f"{_var('prepublish')} ({format_duration(self.prepublish)}) must be at least "
+                f"{_var('jwks_max_age')} ({format_duration(self.jwks_max_age)})"
+            )
+        if self.rotation_period <= self.prepublish:
+            problems.append(
+                f"{_var('rotation_period')} ({format_duration(self.rotation_period)}) must be "
+                f"longer than {_var('prepublish')} ({format_duration(self.prepublish)})"
+            )
+        if self.env == "production" and self.master_keys is None:
+            problems.append(
+                f"{_var('master_keys')} is required when {_var('env')}=production "
+                "(comma-separated base64 32-byte keys; the first encrypts)"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def embedded_redis(self) -> bool:
+        """True when no Redis is configured and `keyrotor run` starts its own Valkey."""
+        return self.redis_url is None
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True for the embedded SQLite database (no concurrent writers across hosts)."""
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def master_key_file(self) -> Path:
+        """Where development keeps its generated master key when `master_keys` is unset."""
+        return self.var_dir / "master.key"
+
+    @property
+    def master_key_bytes(self) -> tuple[bytes, ...]:
+        """The configured master keys, first one encrypting; empty when unset."""
+        return () if self.master_keys is None else decode_master_keys(self.master_keys)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment and `.env`, overrides first; refuse with one line."""
+    unknown = sorted(set(overrides) - set(Settings.model_fields))
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+    try:
+        return Settings(**cast("dict[str, Any]", overrides))
+    except ValidationError as exc:
+        # `from None`: the pydantic error echoes input values, master keys among them.
+        raise ConfigError(_describe(exc)) from None
+
+
+def _var(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line naming each variable and what is wrong with it."""
+    seen: list[str] = []
+    for error in exc.errors(include_url=False):
+        line = _describe_one(error)
+        if line not in seen:
+            seen.append(line)
+    return "; ".join(seen).replace("\n", " ")
+
+
+def _describe_one(error: ErrorDetails) -> str:
+    field = str(error["loc"][0]) if error["loc"] else None
+    kind = error["type"]
+    if kind == "value_error":
+        reason = str(error.get("ctx", {}).get("error", error["msg"]))
+    elif kind == "string_too_short":
+        reason = "must not be empty"
+    elif kind.startswith("int_"):
+        shown = "" if field == "master_keys" else f" (got {error['input']!r})"
+        reason = f"must be a whole number{shown}"
+    else:
+        reason = error["msg"][:1].lower() + error["msg"][1:]
+    return reason if field is None else f"{_var(field)}: {reason}"

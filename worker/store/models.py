@@ -1,0 +1,135 @@
+"""SQLAlchemy models; the Alembic migrations create exactly these (a test checks)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stored as naive UTC (SQLite keeps no zone), always handed back timezone-aware."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Realm(Base):
+    __tablename__ = "realms"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    algo: Mapped[str] = mapped_column(String(10))
+    rsa_bits: Mapped[int] = mapped_column(Integer)
+    rotation_period_s: Mapped[int] = mapped_column(Integer)
+    prepublish_s: Mapped[int] = mapped_column(Integer)
+    grace_s: Mapped[int] = mapped_column(Integer)
+    max_token_ttl_s: Mapped[int] = mapped_column(Integer)
+    jwks_version: Mapped[int] = mapped_column(Integer)
+    next_rotation_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        # rotate_due walks due realms in (next_rotation_at, id) order: keyset pagination.
+        Index("ix_realms_next_rotation_at_id", "next_rotation_at", "id"),
+    )
+
+
+class JwtKey(Base):
+    __tablename__ = "jwt_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    realm_id: Mapped[str] = mapped_column(ForeignKey("realms.id", ondelete="CASCADE"))
+    algo: Mapped[str] = mapped_column(String(10))
+    use: Mapped[str] = mapped_column(String(10))
+    state: Mapped[str] = mapped_column(String(10))
+    public_pem: Mapped[str | None] = mapped_column(Text)
+    sealed_secret: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    delete_after: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_jwt_keys_realm_id_id", "realm_id", "id"),
+        # The database itself refuses a second active key in a realm, whatever the code does.
+        Index(
+            "uq_jwt_keys_one_active_per_realm",
+            "realm_id",
+            unique=True,
+            sqlite_where=text("state = 'active'"),
+            postgresql_where=text("state = 'active'"),
+        ),
+    )
+
+
+class Event(Base):
+    """The outbox: written in the same transaction as the change it describes."""
+
+    __tablename__ = "events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(32), unique=True)
+    realm_id: Mapped[str] = mapped_column(String(32))
+    event_type: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(String(32))
+    key_ids: Mapped[list[str]] = mapped_column(JSON)
+    jwks_version: Mapped[int] = mapped_column(Integer)
+    event_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index(
+            "ix_events_unpublished",
+            "seq",
+            sqlite_where=text("published_at IS NULL"),
+            postgresql_where=text("published_at IS NULL"),
+        ),
+    )
+
+
+class AdminKey(Base):
+    """A public key that may sign admin API tokens; the private half is never stored."""
+
+    __tablename__ = "admin_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    public_pem: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
