@@ -118,7 +118,9 @@ def test_delete_without_force_expires_and_replaces_at_once() -> None:
 def test_deleting_an_expired_key_without_force_changes_nothing() -> None:
     ids = fresh_ids()
     keys = settle(POLICY, [], T0, ids)
-    keys = lifecycle.apply(keys, lifecycle.rotate_now(POLICY, keys, at(days=1)), at(days=1), iter(["n"]))
+    keys = lifecycle.apply(
+        keys, lifecycle.rotate_now(POLICY, keys, at(days=1)), at(days=1), iter(["n"])
+    )
     expired = next(k for k in keys if k.state is State.EXPIRED)
     assert lifecycle.delete(POLICY, keys, expired.id, at(days=1), force=False) == []
 

@@ -12,6 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from worker.errors import ConfigError
+from worker.sealing import parse_master_keys
 from worker.settings import Settings, load_settings
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "keyrotor.env.example"
@@ -64,7 +65,7 @@ def test_defaults_are_valid_and_match_the_contract() -> None:
     assert settings.embedded_redis
     assert settings.is_sqlite
     assert settings.master_key_file == Path("var/master.key")
-    assert settings.master_key_bytes == ()
+    assert settings.master_keys is None
 
 
 def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -98,7 +99,7 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
 
     assert settings.database_url == values["DATABASE_URL"]
     assert settings.redis_url == values["REDIS_URL"]
-    assert settings.master_key_bytes == (bytes([1]) * 32, bytes([2]) * 32)
+    assert parse_master_keys(settings.master_keys or "") == [bytes([1]) * 32, bytes([2]) * 32]
     assert settings.env == "production"
     assert settings.var_dir == Path("/srv/keyrotor")
     assert settings.master_key_file == Path("/srv/keyrotor/master.key")
@@ -235,17 +236,20 @@ def test_master_keys_accept_urlsafe_unpadded_and_spaced_lists() -> None:
     first, second = bytes(range(32)), bytes(range(100, 132))
     urlsafe = base64.urlsafe_b64encode(first).decode().rstrip("=")
     standard = base64.b64encode(second).decode()
-    settings = load_settings(master_keys=f" {urlsafe} , {standard},")
-    assert settings.master_key_bytes == (first, second)
+    settings = load_settings(master_keys=f" {urlsafe} , {standard} ")
+    assert parse_master_keys(settings.master_keys or "") == [first, second]
 
 
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ("hunter2-not-a-key", "key 1 of 1 is not 32 bytes in base64"),
-        (base64.b64encode(b"\x07" * 16).decode(), "key 1 of 1 is not 32 bytes in base64"),
-        (f"{master_key()},{base64.b64encode(b'shortsecret').decode()}", "key 2 of 2"),
-        (" , ", "no key given"),
+        ("hunter2-not-a-key", "Master key #1 is not valid base64"),
+        (base64.b64encode(b"\x07" * 16).decode(), "Master key #1 decodes to 16 bytes"),
+        (
+            f"{master_key()},{base64.b64encode(b'shortsecret').decode()}",
+            "Master key #2 decodes to 11 bytes",
+        ),
+        (" , ", "Master key #1 is blank"),
     ],
 )
 def test_bad_master_keys_are_refused_without_echoing_them(value: str, expected: str) -> None:

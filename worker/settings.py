@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
@@ -22,9 +20,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.durations import format_duration, parse_duration
 from worker.errors import ConfigError, InvalidInput
+from worker.sealing import parse_master_keys
 
 ENV_PREFIX = "KEYROTOR_"
-MASTER_KEY_BYTES = 32
 
 Env = Literal["development", "production"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -100,30 +98,12 @@ def _redis_url(value: str | None) -> str | None:
     return value
 
 
-def decode_master_keys(text: str) -> tuple[bytes, ...]:
-    """Decode comma-separated base64 keys of 32 bytes; errors never echo a key."""
-    pieces = [piece.strip() for piece in text.split(",") if piece.strip()]
-    if not pieces:
-        raise ValueError("no key given (leave it unset in development to use a generated key)")
-    keys = []
-    for number, piece in enumerate(pieces, start=1):
-        standard = piece.replace("-", "+").replace("_", "/")
-        try:
-            key = base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
-        except (binascii.Error, ValueError):
-            key = b""
-        if len(key) != MASTER_KEY_BYTES:
-            raise ValueError(
-                f"key {number} of {len(pieces)} is not {MASTER_KEY_BYTES} bytes in base64 "
-                "(make one with `openssl rand -base64 32`)"
-            )
-        keys.append(key)
-    return tuple(keys)
-
-
 def _master_keys(value: str | None) -> str | None:
     if value is not None:
-        decode_master_keys(value)
+        try:
+            parse_master_keys(value)
+        except ConfigError as error:
+            raise ValueError(f"{error} (make one with `openssl rand -base64 32`)") from None
     return value
 
 
@@ -208,11 +188,6 @@ class Settings(BaseSettings):
     def master_key_file(self) -> Path:
         """Where development keeps its generated master key when `master_keys` is unset."""
         return self.var_dir / "master.key"
-
-    @property
-    def master_key_bytes(self) -> tuple[bytes, ...]:
-        """The configured master keys, first one encrypting; empty when unset."""
-        return () if self.master_keys is None else decode_master_keys(self.master_keys)
 
 
 def load_settings(**overrides: object) -> Settings:
