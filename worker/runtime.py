@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 from functools import cache
 
+import redis
 from sqlalchemy import Engine
 
+from worker.errors import ConfigError
+from worker.jwks import Publisher
 from worker.lifecycle import Policy
 from worker.sealing import MasterKeys, load_or_create_key_file
 from worker.service import Clock, Limits, Service, utcnow
@@ -55,3 +58,32 @@ def engine(database_url: str) -> Engine:
 def build_service(settings: Settings, clock: Clock = utcnow) -> Service:
     sessions = session_factory(engine(settings.database_url))
     return Service(sessions, master_keys(settings), limits(settings), clock)
+
+
+def redis_url(settings: Settings) -> str | None:
+    """The configured Redis, else the embedded Valkey that `keyrotor run` announced in var/."""
+    if settings.redis_url is not None:
+        return settings.redis_url
+    try:
+        return (settings.var_dir / "redis.url").read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def require_redis_url(settings: Settings) -> str:
+    url = redis_url(settings)
+    if url is None:
+        raise ConfigError(
+            "KEYROTOR_REDIS_URL is not set and no embedded Valkey is running"
+            " (set it, or start everything with `keyrotor run`)"
+        )
+    return url
+
+
+@cache
+def redis_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+
+def publisher(settings: Settings) -> Publisher:
+    return Publisher(redis_client(require_redis_url(settings)), settings.jwks_dir)

@@ -40,6 +40,7 @@ class Change:
     """What one committed transaction did to a realm; the shells publish and log from it."""
 
     realm_id: str
+    realm_name: str
     reason: str
     key_ids: list[str]
     jwks_version: int
@@ -47,6 +48,17 @@ class Change:
     activated: str | None = None
     retired: str | None = None
     next_rotation_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Publication:
+    """A realm's JWKS as of one `jwks_version`, and when it is next scheduled to change."""
+
+    realm_id: str
+    realm_name: str
+    jwks: dict[str, Any]
+    jwks_version: int
+    next_change_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -349,18 +361,66 @@ class Service:
 
     # -- publishing -------------------------------------------------------------
 
-    def jwks(self, realm_ref: str) -> dict[str, Any]:
-        """The realm's public key set: pending, active and in-grace keys; never HMAC."""
+    def publication(self, realm_ref: str) -> Publication:
+        """The realm's public key set (pending, active, in-grace; never HMAC), read consistently."""
         with transaction(self.sessions) as session:
             realm = self._realm(session, realm_ref)
-            rows = session.scalars(
-                select(JwtKey)
-                .where(JwtKey.realm_id == realm.id, JwtKey.public_pem.is_not(None))
-                .order_by(JwtKey.created_at, JwtKey.id)
+            rows = list(
+                session.scalars(
+                    select(JwtKey)
+                    .where(JwtKey.realm_id == realm.id)
+                    .order_by(JwtKey.created_at, JwtKey.id)
+                )
             )
-            return {
-                "keys": [keys.public_jwk(r.algo, r.id, r.public_pem) for r in rows if r.public_pem]
-            }
+            return Publication(
+                realm_id=realm.id,
+                realm_name=realm.name,
+                jwks={
+                    "keys": [
+                        keys.public_jwk(r.algo, r.id, r.public_pem) for r in rows if r.public_pem
+                    ]
+                },
+                jwks_version=realm.jwks_version,
+                next_change_at=lifecycle.next_jwks_change_at(
+                    policy_of(realm), [_core_key(r) for r in rows]
+                ),
+            )
+
+    def jwks(self, realm_ref: str) -> dict[str, Any]:
+        return self.publication(realm_ref).jwks
+
+    def realm_versions(self, *, after: str = "", limit: int = 1000) -> list[tuple[str, int]]:
+        """(realm id, jwks_version) in id order, a keyset page at a time: what reconcile checks."""
+        query = (
+            select(Realm.id, Realm.jwks_version)
+            .where(Realm.id > after)
+            .order_by(Realm.id)
+            .limit(limit)
+        )
+        with transaction(self.sessions) as session:
+            return [(realm_id, version) for realm_id, version in session.execute(query)]
+
+    def purge_expired(self) -> list[Change]:
+        """Hard-delete exactly the keys whose grace window has ended, one realm per transaction."""
+        now = self.clock()
+        with transaction(self.sessions) as session:
+            realm_ids = list(
+                session.scalars(
+                    select(JwtKey.realm_id)
+                    .where(JwtKey.state == State.EXPIRED, JwtKey.delete_after <= now)
+                    .distinct()
+                )
+            )
+        changes = []
+        for realm_id in realm_ids:
+            with transaction(self.sessions) as session:
+                realm = session.scalars(
+                    select(Realm).where(Realm.id == realm_id).with_for_update()
+                ).one_or_none()
+                change = self._apply(session, realm, _expired_deletions, now) if realm else None
+                if change is not None:
+                    changes.append(change)
+        return changes
 
     def count_keys(self, realm_ref: str, state: State) -> int:
         with transaction(self.sessions) as session:
@@ -472,6 +532,7 @@ class Service:
         previous = next((k.id for k in before if k.state is State.ACTIVE), None)
         return Change(
             realm_id=realm.id,
+            realm_name=realm.name,
             reason=why,
             key_ids=touched,
             jwks_version=realm.jwks_version,
@@ -495,6 +556,12 @@ class Service:
                 event_at=now,
             )
         )
+
+
+def _expired_deletions(policy: Policy, current: list[Key], now: datetime) -> Plan:
+    return [
+        step for step in lifecycle.due(policy, current, now) if isinstance(step, lifecycle.Delete)
+    ]
 
 
 def _new_key_ids() -> Iterator[str]:

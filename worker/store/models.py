@@ -89,6 +89,8 @@ class JwtKey(Base):
 
     __table_args__ = (
         Index("ix_jwt_keys_realm_id_id", "realm_id", "id"),
+        # purge_expired finds keys past their grace window without scanning live ones.
+        Index("ix_jwt_keys_state_delete_after", "state", "delete_after"),
         # The database itself refuses a second active key in a realm, whatever the code does.
         Index(
             "uq_jwt_keys_one_active_per_realm",

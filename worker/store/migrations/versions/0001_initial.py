@@ -56,6 +56,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_jwt_keys"),
     )
     op.create_index("ix_jwt_keys_realm_id_id", "jwt_keys", ["realm_id", "id"])
+    op.create_index("ix_jwt_keys_state_delete_after", "jwt_keys", ["state", "delete_after"])
     op.create_index(
         "uq_jwt_keys_one_active_per_realm",
         "jwt_keys",
@@ -101,6 +102,7 @@ def downgrade() -> None:
     op.drop_index("ix_events_unpublished", table_name="events")
     op.drop_table("events")
     op.drop_index("uq_jwt_keys_one_active_per_realm", table_name="jwt_keys")
+    op.drop_index("ix_jwt_keys_state_delete_after", table_name="jwt_keys")
     op.drop_index("ix_jwt_keys_realm_id_id", table_name="jwt_keys")
     op.drop_table("jwt_keys")
     op.drop_index("ix_realms_next_rotation_at_id", table_name="realms")

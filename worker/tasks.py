@@ -1,0 +1,182 @@
+"""Celery tasks: each hands its work to the service, then publishes what changed.
+
+Every task is safe to run twice at once: the service re-decides under the realm lock, and a
+publication never replaces a newer one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import redis
+from celery.signals import worker_process_init
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from worker import runtime
+from worker.celery import RETRY_DELAY_MAX, app
+from worker.errors import NotFound
+from worker.jwks import Publisher
+from worker.service import Change, Service, rfc3339
+from worker.settings import Settings, load_settings
+
+log = logging.getLogger("keyrotor.tasks")
+
+RETRYABLE = (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError)
+RETRY: dict[str, Any] = {
+    "autoretry_for": RETRYABLE,
+    "retry_backoff": 1,
+    "retry_backoff_max": RETRY_DELAY_MAX,
+    "retry_jitter": True,
+    "max_retries": None,
+}
+DUE_PAGE = 500
+CLAIM_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class Context:
+    settings: Settings
+    service: Service
+    publisher: Publisher
+
+
+@cache
+def context() -> Context:
+    """Built once per worker process, after the fork (so no connection crosses it)."""
+    settings = load_settings()
+    return Context(settings, runtime.build_service(settings), runtime.publisher(settings))
+
+
+@worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    context.cache_clear()
+    runtime.engine.cache_clear()
+    runtime.redis_client.cache_clear()
+
+
+def publish(realm_id: str) -> None:
+    """Publish after commit; a failure is logged and left to `reconcile_jwks`."""
+    ctx = context()
+    try:
+        try:
+            ctx.publisher.publish(ctx.service.publication(realm_id))
+        except NotFound:
+            ctx.publisher.unpublish(realm_id)
+    except (redis.RedisError, OSError) as error:
+        log.warning("JWKS of %s not published (%s); reconcile will retry", realm_id, error)
+
+
+def report(change: Change | None) -> None:
+    if change is None:
+        return
+    publish(change.realm_id)
+    next_at = rfc3339(change.next_rotation_at)
+    if change.activated:
+        log.info(
+            "rotated %s (%s): %s -> %s, next change %s",
+            change.realm_name,
+            change.realm_id,
+            change.retired or "none",
+            change.activated,
+            next_at,
+        )
+    else:
+        keys = ", ".join(change.key_ids)
+        log.info(
+            "%s (%s): %s %s, next change %s",
+            change.realm_name,
+            change.realm_id,
+            change.reason,
+            keys,
+            next_at,
+        )
+
+
+def _claim_key(realm_id: str) -> str:
+    return f"keyrotor:due:{realm_id}"
+
+
+@app.task(name="keyrotor.rotate_due", **RETRY)
+def rotate_due() -> int:
+    """Fan out one `rotate_realm` per due realm, walking the index a page at a time."""
+    ctx = context()
+    now = ctx.service.clock()
+    sent = 0
+    after = None
+    while page := ctx.service.due_realm_ids(now, after=after, limit=DUE_PAGE):
+        for _, realm_id in page:
+            # A realm already queued is not queued again until its task ends (or the claim
+            # lapses after a crash), so a backlog cannot grow by one message per tick.
+            if ctx.publisher.redis.set(_claim_key(realm_id), 1, nx=True, ex=CLAIM_SECONDS):
+                rotate_realm.delay(realm_id)
+                sent += 1
+        after = page[-1]
+    return sent
+
+
+@app.task(name="keyrotor.rotate_realm", **RETRY)
+def rotate_realm(realm_id: str, force: bool = False) -> None:
+    """Apply what is due (or, with force, rotate now); a realm deleted meanwhile is skipped."""
+    ctx = context()
+    try:
+        report(ctx.service.rotate(realm_id, force=force))
+    except NotFound:
+        log.info("realm %s is gone; nothing to rotate", realm_id)
+    finally:
+        ctx.publisher.redis.delete(_claim_key(realm_id))
+
+
+@app.task(name="keyrotor.purge_expired", **RETRY)
+def purge_expired() -> int:
+    """Delete the keys whose grace window has ended."""
+    changes = context().service.purge_expired()
+    for change in changes:
+        report(change)
+    return len(changes)
+
+
+@app.task(name="keyrotor.delete_key", **RETRY)
+def delete_key(key_id: str, force: bool = False) -> None:
+    """Expire a key (or revoke it with force); a key already gone is not an error."""
+    try:
+        original = context().service.delete_key(key_id, force=force)
+    except NotFound:
+        log.info("key %s is already gone", key_id)
+        return
+    publish(original["realm_id"])
+    log.info("%s %s in realm %s", "revoked" if force else "expired", key_id, original["realm_id"])
+
+
+@app.task(name="keyrotor.revoke_key", **RETRY)
+def revoke_key(key_id: str) -> None:
+    """Force delete: out of storage and every published JWKS at once, replaced at once."""
+    delete_key(key_id, force=True)
+
+
+@app.task(name="keyrotor.publish_jwks", **RETRY)
+def publish_jwks(realm_id: str) -> None:
+    """Publish a realm's JWKS from the database; errors are retried here, not swallowed."""
+    ctx = context()
+    try:
+        ctx.publisher.publish(ctx.service.publication(realm_id))
+    except NotFound:
+        ctx.publisher.unpublish(realm_id)
+
+
+@app.task(name="keyrotor.reconcile_jwks", **RETRY)
+def reconcile_jwks() -> int:
+    """Republish every realm whose Redis copy or file lags the database."""
+    ctx = context()
+    lagging = 0
+    after = ""
+    while page := ctx.service.realm_versions(after=after):
+        published = ctx.publisher.published_versions(realm_id for realm_id, _ in page)
+        for realm_id, version in page:
+            if published[realm_id] < version or ctx.publisher.file_version(realm_id) < version:
+                publish_jwks(realm_id)
+                lagging += 1
+        after = page[-1][0]
+    return lagging
