@@ -19,6 +19,7 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import Engine, text
 
+from tests.support.stack import Stack, make_stack
 from worker.sealing import MasterKeys
 from worker.service import Limits, Service
 from worker.store.db import make_engine, migrate, session_factory
@@ -124,3 +125,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.connection_url
     finally:
         server.stop()
+
+
+@pytest.fixture
+def stack(tmp_path: Path, database_url: str, redis_url: str) -> Iterator[Stack]:
+    """A deployment on the test database and Redis; its processes are stopped afterwards."""
+    stack = make_stack(tmp_path, database_url, redis_url)
+    try:
+        yield stack
+    finally:
+        stack.close()

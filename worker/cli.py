@@ -332,8 +332,19 @@ def rewrap() -> None:
 def main() -> None:
     """Entry point: every refusal is one line on stderr with exit status 2."""
     try:
-        app()
+        # Not standalone: click's own usage errors (a bad flag, a missing argument) would be a
+        # multi-line panel; here they become the same one line as every other refusal.
+        code = app(standalone_mode=False)
+    except typer.TyperException as error:  # typer's (vendored) click errors: bad flags, args
+        if error.__class__.__name__ == "NoArgsIsHelpError":
+            raise SystemExit(error.exit_code) from None  # the help text is already printed
+        ctx = getattr(error, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        fail(" ".join(error.format_message().split()) + where, error.exit_code)
+    except typer.Abort:
+        fail("aborted", 1)
     except KeyrotorError as error:
         fail(str(error).splitlines()[0] if str(error) else error.__class__.__name__)
     except (OperationalError, ProgrammingError) as error:
         fail(f"database error: {str(error.orig).splitlines()[0] if error.orig else error}", 1)
+    raise SystemExit(code if isinstance(code, int) else 0)

@@ -222,13 +222,13 @@ class Service:
             return view
 
     def get_realm(self, ref: str) -> dict[str, Any]:
-        with transaction(self.sessions) as session:
+        with transaction(self.sessions, read_only=True) as session:
             return realm_view(self._realm(session, ref))
 
     def list_realms(
         self, *, after: str | None = None, max_results: int = MAX_RESULTS, direction: str = "desc"
     ) -> Page:
-        with transaction(self.sessions) as session:
+        with transaction(self.sessions, read_only=True) as session:
             query = _page(select(Realm), Realm.id, after, max_results, direction)
             rows = list(session.scalars(query))
             return Page(len(rows) > max_results, [realm_view(r) for r in rows[:max_results]])
@@ -268,7 +268,7 @@ class Service:
         }
 
     def get_key(self, key_id: str) -> dict[str, Any]:
-        with transaction(self.sessions) as session:
+        with transaction(self.sessions, read_only=True) as session:
             return self.key_view(self._key(session, key_id))
 
     def list_keys(
@@ -279,7 +279,7 @@ class Service:
         max_results: int = MAX_RESULTS,
         direction: str = "desc",
     ) -> Page:
-        with transaction(self.sessions) as session:
+        with transaction(self.sessions, read_only=True) as session:
             query = select(JwtKey)
             if realm is not None:
                 query = query.where(JwtKey.realm_id == self._realm(session, realm).id)
@@ -295,7 +295,7 @@ class Service:
         activate: bool = False,
     ) -> dict[str, Any]:
         """A key made or imported by hand: pending unless `activate` (see lifecycle.create)."""
-        with transaction(self.sessions) as session:
+        with transaction(self.sessions, read_only=True) as session:
             realm = self._realm(session, realm_ref)
             checked = keys.check_algo(algo if algo is not None else realm.algo)
         if key_text is not None:
@@ -356,14 +356,14 @@ class Service:
                 | ((Realm.next_rotation_at == at) & (Realm.id > realm_id))
             )
         query = query.order_by(Realm.next_rotation_at, Realm.id).limit(limit)
-        with transaction(self.sessions) as session:
+        with transaction(self.sessions, read_only=True) as session:
             return [(at, realm_id) for at, realm_id in session.execute(query)]
 
     # -- publishing -------------------------------------------------------------
 
     def publication(self, realm_ref: str) -> Publication:
         """The realm's public key set (pending, active, in-grace; never HMAC), read consistently."""
-        with transaction(self.sessions) as session:
+        with transaction(self.sessions, read_only=True) as session:
             realm = self._realm(session, realm_ref)
             rows = list(
                 session.scalars(
@@ -397,13 +397,13 @@ class Service:
             .order_by(Realm.id)
             .limit(limit)
         )
-        with transaction(self.sessions) as session:
+        with transaction(self.sessions, read_only=True) as session:
             return [(realm_id, version) for realm_id, version in session.execute(query)]
 
     def purge_expired(self) -> list[Change]:
         """Hard-delete exactly the keys whose grace window has ended, one realm per transaction."""
         now = self.clock()
-        with transaction(self.sessions) as session:
+        with transaction(self.sessions, read_only=True) as session:
             realm_ids = list(
                 session.scalars(
                     select(JwtKey.realm_id)
@@ -423,7 +423,7 @@ class Service:
         return changes
 
     def count_keys(self, realm_ref: str, state: State) -> int:
-        with transaction(self.sessions) as session:
+        with transaction(self.sessions, read_only=True) as session:
             realm = self._realm(session, realm_ref)
             query = select(func.count()).where(JwtKey.realm_id == realm.id, JwtKey.state == state)
             return int(session.scalar(query) or 0)
@@ -438,7 +438,7 @@ class Service:
         Interrupted, it resumes where it stopped: keys already under the first master key are
         skipped. Returns how many keys it re-sealed.
         """
-        with transaction(self.sessions) as session:
+        with transaction(self.sessions, read_only=True) as session:
             total = int(session.scalar(select(func.count()).select_from(JwtKey)) or 0)
         done = rewrapped = 0
         after = ""
@@ -494,6 +494,7 @@ class Service:
         after_by_id = {k.id: k for k in after}
         for key_id in rows.keys() - after_by_id.keys():
             session.delete(rows[key_id])
+        session.flush()  # deletes first: a revoked active key must be gone before its successor
         # Retire before promoting: the one-active-key index must hold after every statement.
         changed = sorted(
             (k for k in after if k.id in rows and k != _core_key(rows[k.id])),

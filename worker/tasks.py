@@ -16,7 +16,8 @@ from celery.signals import worker_process_init
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from worker import runtime
-from worker.celery import RETRY_DELAY_MAX, app
+from worker.celery import app
+from worker.celery_app import RETRY_DELAY_MAX
 from worker.errors import NotFound
 from worker.jwks import Publisher
 from worker.service import Change, Service, rfc3339

@@ -29,7 +29,10 @@ def normalize_url(url: str) -> str:
 
 
 def _sqlite_immediate(engine: Engine) -> None:
-    """Every SQLite transaction takes the write lock at BEGIN, so two writers queue, not fail."""
+    """A writing SQLite transaction takes the write lock at BEGIN, so two writers queue, not fail.
+
+    Reads begin deferred: with WAL they see the last commit and never wait for a writer.
+    """
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
@@ -42,7 +45,8 @@ def _sqlite_immediate(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        reading = connection.get_execution_options().get("keyrotor_read_only", False)
+        connection.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -62,9 +66,11 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 @contextmanager
-def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+def transaction(factory: sessionmaker[Session], *, read_only: bool = False) -> Iterator[Session]:
     """One unit of work: committed when the block ends, rolled back if it raises."""
     with factory() as session, session.begin():
+        if read_only:
+            session.connection(execution_options={"keyrotor_read_only": True})
         yield session
 
 

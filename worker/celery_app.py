@@ -1,0 +1,51 @@
+"""Celery configuration from settings: broker, serialization, acknowledgement, the beat schedule."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from celery import Celery
+
+from worker.settings import Settings
+
+# Longer than any task time limit or retry delay, so Redis never redelivers a task that is
+# still running or waiting to retry (see README: "Two of anything at once").
+VISIBILITY_TIMEOUT = 3600
+TASK_TIME_LIMIT = 300
+RETRY_DELAY_MAX = 120
+
+
+def make_app(settings: Settings, broker_url: str) -> Celery:
+    tick = settings.tick.total_seconds()
+    sweep = min(60.0, tick * 6)
+    app = Celery("keyrotor", broker=broker_url, include=["worker.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=TASK_TIME_LIMIT,
+        task_soft_time_limit=TASK_TIME_LIMIT - 30,
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+        result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+        broker_connection_retry_on_startup=True,
+        # A rotation under way when Redis drops still commits; its redelivery is harmless.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        timezone="UTC",
+        enable_utc=True,
+        beat_schedule={
+            # A beat message not picked up within its period is dropped: the next one replaces it.
+            "rotate-due": _every("keyrotor.rotate_due", tick),
+            "purge-expired": _every("keyrotor.purge_expired", sweep),
+            "reconcile-jwks": _every("keyrotor.reconcile_jwks", sweep),
+        },
+    )
+    return app
+
+
+def _every(task: str, seconds: float) -> dict[str, object]:
+    return {"task": task, "schedule": timedelta(seconds=seconds), "options": {"expires": seconds}}
