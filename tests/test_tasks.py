@@ -64,12 +64,11 @@ def test_beat_and_worker_rotate_a_realm_on_schedule_and_publish_it(stack: Stack)
     )
     wait_for(lambda: first not in states(stack, "acme"), 15, "the old key's purge")
     wait_for(lambda: first not in published_kids(stack, realm["id"]), 5, "JWKS without it")
-    assert reasons(stack, realm["id"])[:4] == [
-        "realm.created",
-        "key.created",
-        "key.rotated",
-        "key.deleted",
-    ]
+    assert reasons(stack, realm["id"])[:3] == ["realm.created", "key.created", "key.rotated"]
+    # the purge may share a transaction (and so an event) with the next key's creation
+    with transaction(stack.service.sessions, read_only=True) as session:
+        later = session.scalars(select(Event).where(Event.realm_id == realm["id"]).offset(3))
+        assert any(first in event.key_ids for event in later)
     assert "rotated acme" in stack.log("w1")
 
 

@@ -18,7 +18,9 @@ from worker.store.models import JwtKey, Realm
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def add_realm(session: Session, realm_id: str = "rl_0v1zTHXhtNgmDaXaDYSAqx", **fields: Any) -> Realm:
+def add_realm(
+    session: Session, realm_id: str = "rl_0v1zTHXhtNgmDaXaDYSAqx", **fields: Any
+) -> Realm:
     values: dict[str, Any] = {
         "id": realm_id,
         "name": realm_id.removeprefix("rl_"),
