@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from datetime import timedelta
 from enum import StrEnum
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -19,6 +20,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from worker.durations import format_duration, parse_duration
 from worker.errors import KeyrotorError
 from worker.service import Page, Service
+from worker.settings import Settings
 
 app = typer.Typer(
     help="keyrotor: JWT signing keys for many realms, rotated on schedule.",
@@ -57,14 +59,30 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
+@cache
+def settings() -> Settings:
+    from worker.settings import load_settings
+
+    return load_settings()
+
+
+@cache
 def service() -> Service:
     from worker.runtime import build_service, engine
-    from worker.settings import load_settings
     from worker.store.db import require_migrated
 
-    settings = load_settings()
-    require_migrated(engine(settings.database_url))
-    return build_service(settings)
+    require_migrated(engine(settings().database_url))
+    return build_service(settings())
+
+
+def published(view: dict[str, Any]) -> dict[str, Any]:
+    """Publish the changed realm's JWKS when a Redis is known; else the worker catches up."""
+    from worker import runtime
+    from worker.jwks import publish_realm
+
+    if runtime.redis_url(settings()) is not None:
+        publish_realm(service(), runtime.publisher(settings()), view.get("realm_id", view["id"]))
+    return view
 
 
 def print_json(data: Any) -> None:
@@ -165,7 +183,7 @@ def realms_create(
 ) -> None:
     """Create a realm; it starts with one active key."""
     policy = policy_options(algo, rotation_period, prepublish, grace, max_token_ttl, rsa_bits)
-    emit(service().create_realm(name, **policy), as_json, realm_table)
+    emit(published(service().create_realm(name, **policy)), as_json, realm_table)
 
 
 @realms_app.command("list")
@@ -203,13 +221,13 @@ def realms_update(
 ) -> None:
     """Change a realm's policy; keys already made are kept."""
     policy = policy_options(algo, rotation_period, prepublish, grace, max_token_ttl, rsa_bits)
-    emit(service().update_realm(realm, **policy), as_json, realm_table)
+    emit(published(service().update_realm(realm, **policy)), as_json, realm_table)
 
 
 @realms_app.command("delete")
 def realms_delete(realm: str, as_json: Json = False) -> None:
     """Delete a realm and every key in it."""
-    emit(service().delete_realm(realm), as_json, realm_table)
+    emit(published(service().delete_realm(realm)), as_json, realm_table)
 
 
 # -- keys ----------------------------------------------------------------------------------------
@@ -259,9 +277,8 @@ def keys_create(
             key_text = key_file.read_text().strip()
         except (OSError, UnicodeDecodeError) as error:
             fail(f"cannot read {key_file}: {error.__class__.__name__}")
-    emit(
-        service().create_key(realm, algo, key_text=key_text, activate=activate), as_json, key_table
-    )
+    created = service().create_key(realm, algo, key_text=key_text, activate=activate)
+    emit(published(created), as_json, key_table)
 
 
 @keys_app.command("delete")
@@ -273,7 +290,7 @@ def keys_delete(
     as_json: Json = False,
 ) -> None:
     """Expire a key (it keeps verifying for the grace period), or revoke it with --force."""
-    emit(service().delete_key(key_id, force=force), as_json, key_table)
+    emit(published(service().delete_key(key_id, force=force)), as_json, key_table)
 
 
 # -- realm-wide operations -----------------------------------------------------------------------
@@ -283,11 +300,10 @@ def keys_delete(
 def migrate() -> None:
     """Create or upgrade the database schema."""
     from worker.runtime import engine
-    from worker.settings import load_settings
     from worker.store.db import migrate as run_migrations
     from worker.store.db import schema_revision
 
-    db = engine(load_settings().database_url)
+    db = engine(settings().database_url)
     run_migrations(db)
     out.print(f"database at revision {schema_revision(db)[0]}")
 
@@ -297,7 +313,7 @@ def rotate(realm: str, as_json: Json = False) -> None:
     """Rotate a realm now: the pending key (or a new one) signs from now on."""
     svc = service()
     change = svc.rotate(realm, force=True)
-    view = svc.get_realm(realm)
+    view = published(svc.get_realm(realm))
     result = {"realm": view, "activated": change and change.activated}
     result["retired"] = change and change.retired
     if as_json:

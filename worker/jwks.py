@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,7 +19,10 @@ from typing import Any
 
 import redis
 
-from worker.service import Publication, rfc3339
+from worker.errors import NotFound
+from worker.service import Publication, Service, rfc3339
+
+log = logging.getLogger("keyrotor.jwks")
 
 # Replace the hash only when ARGV[1] (jwks_version) is newer than the stored one.
 _SET_IF_NEWER = """
@@ -117,3 +121,17 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def publish_realm(service: Service, publisher: Publisher, realm_id: str) -> bool:
+    """Publish a realm after a commit (or withdraw a deleted one); a failure is only logged,
+    since the database already holds the truth and `reconcile_jwks` catches up."""
+    try:
+        try:
+            publisher.publish(service.publication(realm_id))
+        except NotFound:
+            publisher.unpublish(realm_id)
+        return True
+    except (redis.RedisError, OSError) as error:
+        log.warning("JWKS of %s not published (%s); reconcile will retry", realm_id, error)
+        return False

@@ -19,7 +19,7 @@ from worker import runtime
 from worker.celery import app
 from worker.celery_app import RETRY_DELAY_MAX
 from worker.errors import NotFound
-from worker.jwks import Publisher
+from worker.jwks import Publisher, publish_realm
 from worker.service import Change, Service, rfc3339
 from worker.settings import Settings, load_settings
 
@@ -59,15 +59,8 @@ def _fresh_connections(**_: Any) -> None:
 
 
 def publish(realm_id: str) -> None:
-    """Publish after commit; a failure is logged and left to `reconcile_jwks`."""
     ctx = context()
-    try:
-        try:
-            ctx.publisher.publish(ctx.service.publication(realm_id))
-        except NotFound:
-            ctx.publisher.unpublish(realm_id)
-    except (redis.RedisError, OSError) as error:
-        log.warning("JWKS of %s not published (%s); reconcile will retry", realm_id, error)
+    publish_realm(ctx.service, ctx.publisher, realm_id)
 
 
 def report(change: Change | None) -> None:
