@@ -17,6 +17,7 @@ from rich.progress import Progress
 from rich.table import Table
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from worker import cli_admin, cli_events
 from worker.durations import format_duration, parse_duration
 from worker.errors import KeyrotorError
 from worker.service import Page, Service
@@ -343,6 +344,10 @@ def rewrap() -> None:
 
         count = svc.rewrap(progress=step)
     out.print(f"re-sealed {count} keys under the first master key")
+
+
+cli_events.register(app)
+cli_admin.register(app)
 
 
 def main() -> None:
