@@ -1,4 +1,4 @@
-"""`keyrotor web`, `admin-keys create|list|delete` and `admin-token` (the HTTP issue fills these in)."""
+"""`keyrotor web`, `admin-keys` and `admin-token`: the HTTP issue fills these in."""
 
 from __future__ import annotations
 
