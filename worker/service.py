@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -185,7 +185,7 @@ class Service:
             raise InvalidInput(
                 "Name must be 1-100 letters, digits, '.', '_' or '-' and not look like a realm id"
             )
-        checked = self.check_policy(replace(self.limits.default_policy, **policy))
+        checked = self.check_policy(_changed(self.limits.default_policy, policy))
         now = self.clock()
         try:
             with transaction(self.sessions) as session:
@@ -204,7 +204,7 @@ class Service:
         now = self.clock()
         with transaction(self.sessions) as session:
             realm = self._realm(session, ref, lock=True)
-            policy = self.check_policy(replace(policy_of(realm), **changes))
+            policy = self.check_policy(_changed(policy_of(realm), changes))
             _set_policy(realm, policy)
             self._apply(session, realm, lambda *_: [], now, reason="realm.policy_changed")
             return realm_view(realm)
@@ -557,6 +557,13 @@ class Service:
                 event_at=now,
             )
         )
+
+
+def _changed(policy: Policy, changes: dict[str, Any]) -> Policy:
+    unknown = sorted(set(changes) - {f.name for f in fields(Policy)})
+    if unknown:
+        raise InvalidInput(f"Unknown policy field: {', '.join(unknown)}")
+    return replace(policy, **changes)
 
 
 def _expired_deletions(policy: Policy, current: list[Key], now: datetime) -> Plan:

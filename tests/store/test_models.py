@@ -92,12 +92,12 @@ def test_a_second_active_key_is_refused_by_raw_sql_too(engine: Engine) -> None:
 
 def test_many_expired_and_pending_keys_and_one_active_per_realm_are_fine(engine: Engine) -> None:
     with Session(engine) as session, session.begin():
-        for realm_id in ("rl_0v1zTHXhtNgmDaXaDYSAqx", "rl_1v1zTHXhtNgmDaXaDYSAqx"):
+        for n, realm_id in enumerate(("rl_0v1zTHXhtNgmDaXaDYSAqx", "rl_1v1zTHXhtNgmDaXaDYSAqx")):
             add_realm(session, realm_id)
-            add_key(session, realm_id, f"jky_active_{realm_id}", "active")
-            add_key(session, realm_id, f"jky_pending_{realm_id}", "pending")
-            add_key(session, realm_id, f"jky_old1_{realm_id}", "expired")
-            add_key(session, realm_id, f"jky_old2_{realm_id}", "expired")
+            add_key(session, realm_id, f"jky_active{n}", "active")
+            add_key(session, realm_id, f"jky_pending{n}", "pending")
+            add_key(session, realm_id, f"jky_old{n}a", "expired")
+            add_key(session, realm_id, f"jky_old{n}b", "expired")
 
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM jwt_keys")).scalar_one() == 8
