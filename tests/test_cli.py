@@ -270,32 +270,49 @@ def test_rotate_activates_the_pending_key_and_listings_page_by_id(cli: Cli) -> N
 # -- refusals --------------------------------------------------------------------------------
 
 
-def test_bad_input_is_one_line_on_stderr_with_status_2_and_writes_nothing(
-    cli: Cli, tmp_path: Path
-) -> None:
+Case = tuple[tuple[str, ...], dict[str, str], tuple[str, ...]]
+
+
+def assert_all_refused_and_nothing_written(cli: Cli, tmp_path: Path, cases: list[Case]) -> None:
+    """Each case on a realm `acme` with one key: refused in one line, and nothing changed."""
     realm = ok_json(cli("realms", "create", "acme", "--algo", "es256", "--json"))
-    (before,) = ok_json(cli("keys", "list", "--json"))["collection"]
     (tmp_path / "bad.pem").write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n")
 
-    cases: list[tuple[tuple[str, ...], dict[str, str], tuple[str, ...]]] = [
+    for args, env, fragments in cases:
+        refused(cli(*args, **env), *fragments)
+
+    realms = ok_json(cli("realms", "list", "--json"))
+    assert realms == {"more_results": False, "collection": [realm]}  # policy and version too
+    keys = ok_json(cli("keys", "list", "--json"))
+    assert keys["more_results"] is False
+    assert [(k["realm_id"], k["state"]) for k in keys["collection"]] == [(realm["id"], "active")]
+
+
+def test_refusals_that_reach_the_database_are_one_line_with_status_2_and_write_nothing(
+    cli: Cli, tmp_path: Path
+) -> None:
+    cases: list[Case] = [
         (("keys", "create", "nowhere"), {}, ("Realm 'nowhere' not found",)),
         (("realms", "create", "acme", "--algo", "es256"), {}, ("'acme' is already taken",)),
-        (("realms", "update", "acme", "--grace", "1m"), {}, ("Grace (1m)",)),
+        (("realms", "update", "acme", "--grace", "1m"), {}, ("Grace (1m) must be at least",)),
+        (("keys", "create", "acme", "--key-file", "bad.pem"), {}, ("not a valid PEM",)),
+    ]
+    assert_all_refused_and_nothing_written(cli, tmp_path, cases)
+
+
+# Refused while parsing, before any write: the same on every backend, so run on SQLite only.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_malformed_input_is_one_line_with_status_2_and_writes_nothing(
+    cli: Cli, tmp_path: Path
+) -> None:
+    cases: list[Case] = [
         (("realms", "update", "acme", "--grace", "soon"), {}, ("invalid duration 'soon'",)),
         (("realms", "create", "other", "--algo", "hs512"), {}, ("Algo must be one of",)),
-        (("keys", "create", "acme", "--key-file", "bad.pem"), {}, ("not a valid PEM",)),
         (("keys", "create", "acme", "--key-file", "missing.pem"), {}, ("missing.pem",)),
         (("realms", "create", "other", "--algo", "es256"), {"grace": "soon"}, ("KEYROTOR_GRACE",)),
         (("realms", "list", "--direction", "sideways"), {}, ("--direction",)),
     ]
-    for args, env, fragments in cases:
-        refused(cli(*args, **env), *fragments)
-
-    assert ok_json(cli("realms", "list", "--json")) == {
-        "more_results": False,
-        "collection": [realm],
-    }
-    assert ok_json(cli("keys", "list", "--json")) == {"more_results": False, "collection": [before]}
+    assert_all_refused_and_nothing_written(cli, tmp_path, cases)
 
 
 def test_a_database_that_is_not_migrated_is_refused_until_migrate_runs(tmp_path: Path) -> None:

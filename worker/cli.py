@@ -34,7 +34,8 @@ keys_app = typer.Typer(help="List, inspect, create and delete (or revoke) JWT ke
 app.add_typer(realms_app, name="realms", no_args_is_help=True)
 app.add_typer(keys_app, name="keys", no_args_is_help=True)
 
-out = Console()
+# Piped output keeps whole ids and timestamps rather than a terminal's 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 240)
 err = Console(stderr=True)
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON (AuthRocket shapes) for scripts.")]
@@ -343,7 +344,7 @@ def rewrap() -> None:
             progress.update(task, completed=done, total=total)
 
         count = svc.rewrap(progress=step)
-    out.print(f"re-sealed {count} keys under the first master key")
+    out.print(f"re-sealed {count} key{'' if count == 1 else 's'} under the first master key")
 
 
 cli_events.register(app)

@@ -33,3 +33,7 @@ class SealError(KeyrotorError):
 
 class NotMigrated(KeyrotorError):
     """The database schema is missing or behind: run `keyrotor migrate`."""
+
+
+class InvalidToken(KeyrotorError):
+    """A token did not verify; the message says why in one line, never quoting key material."""

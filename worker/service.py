@@ -62,6 +62,18 @@ class Publication:
 
 
 @dataclass(frozen=True)
+class ActiveKey:
+    """A realm's signing key, opened, for an in-process signer; the secret stays out of repr."""
+
+    realm_id: str
+    realm_name: str
+    kid: str
+    algo: str
+    secret: bytes = field(repr=False)
+    max_token_ttl: timedelta
+
+
+@dataclass(frozen=True)
 class Page:
     """AuthRocket's list shape."""
 
@@ -388,6 +400,24 @@ class Service:
 
     def jwks(self, realm_ref: str) -> dict[str, Any]:
         return self.publication(realm_ref).jwks
+
+    def signing_key(self, realm_ref: str) -> ActiveKey:
+        """The realm's active key with its secret opened, and the longest token it may sign."""
+        with transaction(self.sessions, read_only=True) as session:
+            realm = self._realm(session, realm_ref)
+            row = session.scalars(
+                select(JwtKey).where(JwtKey.realm_id == realm.id, JwtKey.state == State.ACTIVE)
+            ).one_or_none()
+            if row is None:
+                raise NotFound(f"Realm {realm.name!r} has no active key")
+            return ActiveKey(
+                realm_id=realm.id,
+                realm_name=realm.name,
+                kid=row.id,
+                algo=row.algo,
+                secret=self.master_keys.open(row.sealed_secret, realm_id=realm.id, key_id=row.id),
+                max_token_ttl=timedelta(seconds=realm.max_token_ttl_s),
+            )
 
     def realm_versions(self, *, after: str = "", limit: int = 1000) -> list[tuple[str, int]]:
         """(realm id, jwks_version) in id order, a keyset page at a time: what reconcile checks."""
