@@ -13,6 +13,7 @@ from worker.settings import Settings
 VISIBILITY_TIMEOUT = 3600
 TASK_TIME_LIMIT = 300
 RETRY_DELAY_MAX = 120
+RELAY_EVERY = 2.0
 
 
 def make_app(settings: Settings, broker_url: str) -> Celery:
@@ -42,6 +43,8 @@ def make_app(settings: Settings, broker_url: str) -> Celery:
             "rotate-due": _every("keyrotor.rotate_due", tick),
             "purge-expired": _every("keyrotor.purge_expired", sweep),
             "reconcile-jwks": _every("keyrotor.reconcile_jwks", sweep),
+            # Events are sent right after each commit; this only sweeps what was left behind.
+            "relay-events": _every("keyrotor.relay_events", RELAY_EVERY),
         },
     )
     return app

@@ -78,12 +78,17 @@ def service() -> Service:
 
 
 def published(view: dict[str, Any]) -> dict[str, Any]:
-    """Publish the changed realm's JWKS when a Redis is known; else the worker catches up."""
+    """Publish the changed realm's JWKS, then relay its events, when a Redis is known; else
+    the worker's sweeps catch up."""
     from worker import runtime
     from worker.jwks import publish_realm
+    from worker.relay import Relay, relay_after_commit
 
     if runtime.redis_url(settings()) is not None:
-        publish_realm(service(), runtime.publisher(settings()), view.get("realm_id", view["id"]))
+        publisher = runtime.publisher(settings())
+        publish_realm(service(), publisher, view.get("realm_id", view["id"]))
+        maxlen = settings().events_stream_maxlen
+        relay_after_commit(Relay(service(), publisher.redis, maxlen=maxlen, publisher=publisher))
     return view
 
 
@@ -296,6 +301,19 @@ def keys_delete(
 
 
 # -- realm-wide operations -----------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    demo: Annotated[
+        bool, typer.Option(help="Seconds-scale policy: watch a whole rotation in two minutes.")
+    ] = False,
+) -> None:
+    """Run the worker, beat and HTTP server (and an embedded Valkey when no Redis is set)."""
+    from worker.supervisor import DEMO_OVERRIDES, Child, serve
+
+    web = Child("web", [sys.executable, "-m", "worker.http"])
+    raise SystemExit(serve(dict(DEMO_OVERRIDES) if demo else None, extra_children=[web]))
 
 
 @app.command()

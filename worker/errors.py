@@ -37,3 +37,7 @@ class NotMigrated(KeyrotorError):
 
 class InvalidToken(KeyrotorError):
     """A token did not verify; the message says why in one line, never quoting key material."""
+
+
+class Unauthenticated(KeyrotorError):
+    """A request that needs credentials carried none (no bearer token at all)."""

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 
 import redis
+from sqlalchemy.exc import SQLAlchemyError
 
 from worker.events import CHANNEL, RELAYED_TTL, STREAM, encode, payload, relayed_key
 from worker.jwks import Publisher, publish_realm
@@ -112,3 +113,13 @@ class Relay:
             ):
                 held.add(realm_id)
         return held
+
+
+def relay_after_commit(relay: Relay) -> int:
+    """Send what a commit just wrote; a failure is only logged, since the event is safe in the
+    outbox and the `keyrotor.relay_events` sweep sends it."""
+    try:
+        return relay.relay()
+    except (redis.RedisError, SQLAlchemyError) as error:
+        log.warning("events not relayed yet (%s); the relay sweep will retry", error)
+        return 0

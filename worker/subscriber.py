@@ -14,17 +14,21 @@ been missed, and `on_gap` is called so a cache can reload everything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import random
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from worker.errors import InvalidInput
 from worker.events import STREAM, STREAM_FIELD, decode
@@ -65,10 +69,25 @@ class Position:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._remember = remember
 
-    def take(self, entry_id: str, fields: Mapping[str, str]) -> dict[str, Any] | None:
+    def read(self, reply: Any) -> list[dict[str, Any]]:
+        """Advance past an XREAD reply; the new events of our realm in it, in stream order."""
+        events = []
+        streams = reply.items() if isinstance(reply, dict) else reply or []  # RESP3 or RESP2
+        for _stream, entries in streams:
+            for entry_id, fields in entries:
+                event = self.take(entry_id, fields)
+                if event is not None:
+                    events.append(event)
+        return events
+
+    def take(
+        self, entry_id: str | bytes, fields: Mapping[str, str] | Mapping[bytes, bytes]
+    ) -> dict[str, Any] | None:
         """Advance past one entry; the event if it is new and for our realm, else None."""
+        entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
         self.last_id = entry_id
-        event = decode(fields.get(STREAM_FIELD, ""))
+        text = {_text(k): v for k, v in fields.items()}.get(STREAM_FIELD, "")
+        event = decode(text)
         if event is None:
             log.warning("skipped stream entry %s: not a realm.updated event", entry_id)
             return None
@@ -83,8 +102,25 @@ class Position:
         return event
 
 
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _latest(reply: Any) -> str:
-    return str(reply[0][0]) if reply else START
+    return _text(reply[0][0]) if reply else START
+
+
+def history(
+    client: redis.Redis, *, realm: str | None = None, since: str = "0"
+) -> Iterator[dict[str, Any]]:
+    """The events the stream holds after `since`, without waiting for more."""
+    position = Position(realm, since)
+    while True:
+        assert position.last_id is not None
+        reply = client.xread({STREAM: position.last_id}, count=READ_COUNT)
+        if not reply:
+            return
+        yield from position.read(reply)
 
 
 def _missing(last_id: str, reply: Any) -> bool:
@@ -153,10 +189,8 @@ class Subscriber:
         self._stopping.set()
         client = self._client
         if client is not None:
-            try:
+            with contextlib.suppress(redis.RedisError, OSError):
                 client.connection_pool.disconnect()
-            except (redis.RedisError, OSError):
-                pass
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
@@ -176,12 +210,15 @@ class Subscriber:
                 self.connected.set()
                 delay = BACKOFF_FIRST
                 self._follow(self._client)
-            except (redis.RedisError, OSError) as error:
+            except Exception as error:  # whatever broke the connection, follow on
                 self.connected.clear()
                 if self._stopping.is_set():
-                    break
+                    break  # stop() closed the connection under the read
                 wait = _backoff(delay)
-                log.warning("event stream unavailable (%s); reconnecting in %.1fs", error, wait)
+                if isinstance(error, redis.RedisError | OSError):
+                    log.warning("event stream unavailable (%s); reconnecting in %.1fs", error, wait)
+                else:
+                    log.exception("subscriber failed; reconnecting in %.1fs", wait)
                 self._stopping.wait(wait)
                 delay = min(delay * 2, self.backoff_max)
             finally:
@@ -197,6 +234,7 @@ class Subscriber:
             socket_connect_timeout=5,
             socket_timeout=self.block + 5,
             client_name=CLIENT_NAME,
+            retry=Retry(NoBackoff(), 0),  # our own backoff decides when to try again
         )
         client.ping()
         return client
@@ -214,14 +252,9 @@ class Subscriber:
         block = int(self.block * 1000)
         while not self._stopping.is_set():
             assert self.position.last_id is not None
-            reply = client.xread(
-                {STREAM: self.position.last_id}, count=READ_COUNT, block=block
-            )
-            for _stream, entries in reply or []:
-                for entry_id, fields in entries:
-                    event = self.position.take(entry_id, fields)
-                    if event is not None:
-                        _call(self.callback, f"callback on {event['id']}", event)
+            reply = client.xread({STREAM: self.position.last_id}, count=READ_COUNT, block=block)
+            for event in self.position.read(reply):
+                _call(self.callback, f"callback on {event['id']}", event)
 
 
 def _call(function: Callable[..., object], what: str, *args: Any) -> object:
@@ -255,6 +288,7 @@ async def events(
             socket_connect_timeout=5,
             socket_timeout=block + 5,
             client_name=CLIENT_NAME,
+            retry=AsyncRetry(NoBackoff(), 0),
         )
         try:
             await client.ping()
@@ -271,11 +305,8 @@ async def events(
                 reply = await client.xread(
                     {STREAM: position.last_id}, count=READ_COUNT, block=int(block * 1000)
                 )
-                for _stream, entries in reply or []:
-                    for entry_id, fields in entries:
-                        event = position.take(entry_id, fields)
-                        if event is not None:
-                            yield event
+                for event in position.read(reply):
+                    yield event
         except (redis.RedisError, OSError) as error:
             wait = _backoff(delay)
             log.warning("event stream unavailable (%s); reconnecting in %.1fs", error, wait)

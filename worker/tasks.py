@@ -12,7 +12,7 @@ from functools import cache
 from typing import Any
 
 import redis
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from worker import runtime
@@ -20,6 +20,8 @@ from worker.celery import app
 from worker.celery_app import RETRY_DELAY_MAX
 from worker.errors import NotFound
 from worker.jwks import Publisher, publish_realm
+from worker.metrics import count_rotation_failure
+from worker.relay import Relay, relay_after_commit
 from worker.service import Change, Service, rfc3339
 from worker.settings import Settings, load_settings
 
@@ -42,13 +44,18 @@ class Context:
     settings: Settings
     service: Service
     publisher: Publisher
+    relay: Relay
 
 
 @cache
 def context() -> Context:
     """Built once per worker process, after the fork (so no connection crosses it)."""
     settings = load_settings()
-    return Context(settings, runtime.build_service(settings), runtime.publisher(settings))
+    service, publisher = runtime.build_service(settings), runtime.publisher(settings)
+    relay = Relay(
+        service, publisher.redis, maxlen=settings.events_stream_maxlen, publisher=publisher
+    )
+    return Context(settings, service, publisher, relay)
 
 
 @worker_process_init.connect
@@ -58,9 +65,18 @@ def _fresh_connections(**_: Any) -> None:
     runtime.redis_client.cache_clear()
 
 
+@worker_ready.connect
+def _catch_up(**_: Any) -> None:
+    """A worker that starts (after downtime, or for the first time) publishes what lags."""
+    reconcile_jwks.delay()
+
+
 def publish(realm_id: str) -> None:
+    """After a commit: the realm's JWKS first, then the events, so none announces keys that
+    are not published yet."""
     ctx = context()
     publish_realm(ctx.service, ctx.publisher, realm_id)
+    relay_after_commit(ctx.relay)
 
 
 def report(change: Change | None) -> None:
@@ -119,6 +135,9 @@ def rotate_realm(realm_id: str, force: bool = False) -> None:
         report(ctx.service.rotate(realm_id, force=force))
     except NotFound:
         log.info("realm %s is gone; nothing to rotate", realm_id)
+    except Exception:
+        count_rotation_failure(ctx.publisher.redis)  # /metrics: keyrotor_rotation_failures
+        raise
     finally:
         ctx.publisher.redis.delete(_claim_key(realm_id))
 
@@ -174,3 +193,9 @@ def reconcile_jwks() -> int:
                 lagging += 1
         after = page[-1][0]
     return lagging
+
+
+@app.task(name="keyrotor.relay_events", **RETRY)
+def relay_events() -> int:
+    """Send the outbox events a commit left behind (Redis away, a worker killed after commit)."""
+    return context().relay.relay_all()

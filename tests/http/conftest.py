@@ -1,0 +1,97 @@
+"""An HTTP deployment per test: the real app under uvicorn on a free port, on the test database
+(every backend) and the test Redis, with one admin API key and clients that use it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.live import LiveServer, admin_token
+from tests.support.stack import Stack, make_stack
+from worker.admin_keys import AdminKeys
+from worker.http.app import create_app
+
+# Production-like policy and caching (the stack's defaults are seconds-scale); es256 keys are
+# generated in microseconds, so creating realms costs the tests nothing.
+PLAIN = {
+    "algo": "es256",
+    "rotation_period": "30d",
+    "prepublish": "1h",
+    "grace": "6h",
+    "max_token_ttl": "1h",
+    "clock_skew": "60s",
+    "jwks_max_age": "300s",
+    "tick": "10s",
+}
+
+
+@dataclass
+class Api:
+    """One served app and what a test needs around it."""
+
+    url: str
+    stack: Stack
+    admin_keys: AdminKeys
+    kid: str
+    private_pem: str
+    http: httpx.Client
+    """Sends a fresh, valid admin token with every request."""
+    anon: httpx.Client
+    """Sends no credentials."""
+
+    def token(self, **options: Any) -> str:
+        return admin_token(self.private_pem, self.kid, **options)
+
+    def with_token(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    def realm(self, name: str = "acme", **policy: Any) -> dict[str, Any]:
+        response = self.http.post("/v1/realms", json={"realm": {"name": name, **policy}})
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+
+class _FreshToken(httpx.Auth):
+    def __init__(self, api: Api) -> None:
+        self.api = api
+
+    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+        request.headers["Authorization"] = f"Bearer {self.api.token()}"
+        yield request
+
+
+def serve(tmp_path: Path, database_url: str, redis_url: str, **overrides: str) -> Iterator[Api]:
+    stack = make_stack(tmp_path, database_url, redis_url, **{**PLAIN, **overrides})
+    admin_keys = AdminKeys(stack.service.sessions)
+    view, private_pem = admin_keys.create()
+    assert private_pem is not None
+    app = create_app(stack.settings, stack.service, admin_keys=admin_keys, redis_client=stack.redis)
+    try:
+        with LiveServer(app) as server:
+            api = Api(
+                url=server.url,
+                stack=stack,
+                admin_keys=admin_keys,
+                kid=view["id"],
+                private_pem=private_pem,
+                http=httpx.Client(base_url=server.url, timeout=30),
+                anon=httpx.Client(base_url=server.url, timeout=30),
+            )
+            api.http.auth = _FreshToken(api)
+            try:
+                yield api
+            finally:
+                api.http.close()
+                api.anon.close()
+    finally:
+        stack.close()
+
+
+@pytest.fixture
+def api(tmp_path: Path, database_url: str, redis_url: str) -> Iterator[Api]:
+    yield from serve(tmp_path, database_url, redis_url)

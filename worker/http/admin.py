@@ -1,0 +1,238 @@
+"""The admin API in AuthRocket's shapes: `/v1/jwt_keys` and `/v1/realms`.
+
+Handlers translate HTTP into service calls and publish each committed change; the rules live
+in the service. Handlers are plain `def`s: FastAPI runs them in its thread pool, where the
+blocking database and Redis calls belong.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from worker.durations import parse_duration
+from worker.errors import InvalidInput, NotFound
+from worker.http.auth import AdminPrincipal
+from worker.http.context import clean_ref, context
+from worker.http.models import (
+    Errors,
+    JwtKey,
+    JwtKeyPage,
+    NewJwtKeyEnvelope,
+    NewRealmEnvelope,
+    Realm,
+    RealmPage,
+    RealmPolicy,
+    RealmPolicyEnvelope,
+)
+from worker.service import MAX_RESULTS
+
+bearer = HTTPBearer(
+    auto_error=False,
+    bearerFormat="JWT",
+    description=(
+        "An RS256 JWT signed by a current admin API key (`keyrotor admin-keys create`): header"
+        " `kid` is the admin key id; `aud` (string or list) contains KEYROTOR_ADMIN_AUDIENCE;"
+        " `iat` and `exp` are required and `exp - iat` is at most KEYROTOR_ADMIN_TOKEN_MAX_TTL."
+        " `keyrotor admin-token` makes one."
+    ),
+)
+
+
+def require_admin(
+    request: Request,
+    _credentials: HTTPAuthorizationCredentials | None = Security(bearer),
+) -> AdminPrincipal:
+    """Every `/v1` request: the raw header is checked (the scheme object only documents it)."""
+    return context(request).authenticator.authenticate(request.headers.get("authorization"))
+
+
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {
+        "model": Errors,
+        "description": "No admin token, or one that is refused.",
+        "headers": {
+            "WWW-Authenticate": {
+                "description": 'Bearer error="invalid_token", error_description="<why>"',
+                "schema": {"type": "string"},
+            }
+        },
+    },
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Errors, "description": '`{"errors": ["Not found"]}`'}
+}
+CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"model": Errors, "description": "The name is already taken."}
+}
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)], responses=UNAUTHORIZED)
+
+After = Annotated[
+    str | None, Query(max_length=100, description="Start after this id (the last one seen).")
+]
+MaxResults = Annotated[int, Query(ge=1, le=MAX_RESULTS, description="Page size, 1-100.")]
+Sort = Annotated[Literal["id"], Query(description="Sort field.")]
+Direction = Annotated[Literal["asc", "desc"], Query(description="Sort direction.")]
+DURATIONS = ("rotation_period", "prepublish", "grace", "max_token_ttl")
+
+
+def _after(value: str | None) -> str | None:
+    if value is not None and not value.isprintable():
+        raise InvalidInput("After must be an id")
+    return value
+
+
+def _policy(fields: RealmPolicy) -> dict[str, Any]:
+    """The policy fields given, durations parsed; every bad one is named at once."""
+    given = fields.model_dump(exclude_none=True, include=set(RealmPolicy.model_fields))
+    problems = []
+    for name in DURATIONS:
+        if name in given:
+            try:
+                given[name] = parse_duration(given[name])
+            except InvalidInput:
+                label = name.replace("_", " ").capitalize()
+                problems.append(
+                    f"{label} must be seconds or a duration such as 30d, 6h, 5m or 90s"
+                    " (at most 3650d)"
+                )
+    if problems:
+        raise InvalidInput(*problems)
+    return given
+
+
+# -- jwt keys ------------------------------------------------------------------------------------
+
+
+@router.get("/jwt_keys", response_model=JwtKeyPage, tags=["jwt_keys"], responses=NOT_FOUND)
+def list_jwt_keys(
+    request: Request,
+    realm_id: Annotated[str | None, Query(description="Only this realm (id or name).")] = None,
+    after: After = None,
+    max_results: MaxResults = MAX_RESULTS,
+    sort: Sort = "id",
+    direction: Direction = "desc",
+) -> dict[str, Any]:
+    """List keys, newest id first unless `direction=asc`; an unknown `realm_id` is 404."""
+    realm = clean_ref(realm_id) if realm_id is not None else None
+    page = context(request).service.list_keys(
+        realm=realm, after=_after(after), max_results=max_results, direction=direction
+    )
+    return page.as_dict()
+
+
+@router.get("/jwt_keys/{key_id}", response_model=JwtKey, tags=["jwt_keys"], responses=NOT_FOUND)
+def get_jwt_key(request: Request, key_id: str) -> dict[str, Any]:
+    """One key."""
+    return context(request).service.get_key(clean_ref(key_id))
+
+
+@router.post("/jwt_keys", status_code=201, response_model=JwtKey, tags=["jwt_keys"])
+def create_jwt_key(request: Request, body: NewJwtKeyEnvelope) -> dict[str, Any]:
+    """Create (or import) a key: pending, the next to sign, unless `activate`.
+
+    The key is generated while the request waits: tens of milliseconds, for RSA sometimes a
+    few hundred. An unknown realm is refused with 422.
+    """
+    ctx = context(request)
+    fields = body.jwt_key
+    try:
+        view = ctx.service.create_key(
+            clean_ref(fields.realm_id), fields.algo, key_text=fields.key, activate=fields.activate
+        )
+    except NotFound:
+        raise InvalidInput("Realm not found") from None
+    ctx.published(view["realm_id"])
+    return view
+
+
+@router.delete(
+    "/jwt_keys/{key_id}",
+    status_code=202,
+    response_model=JwtKey,
+    tags=["jwt_keys"],
+    responses=NOT_FOUND,
+)
+def delete_jwt_key(
+    request: Request,
+    key_id: str,
+    force: Annotated[
+        bool,
+        Query(description="Revoke: remove from storage and the JWKS at once."),
+    ] = False,
+) -> dict[str, Any]:
+    """Expire a key (it keeps verifying for the realm's grace), or revoke it with `force`.
+
+    An active key is replaced at once. Answers with the key as it was before.
+    """
+    ctx = context(request)
+    original = ctx.service.delete_key(clean_ref(key_id), force=force)
+    ctx.published(original["realm_id"])
+    return original
+
+
+# -- realms --------------------------------------------------------------------------------------
+
+
+@router.get("/realms", response_model=RealmPage, tags=["realms"])
+def list_realms(
+    request: Request,
+    after: After = None,
+    max_results: MaxResults = MAX_RESULTS,
+    sort: Sort = "id",
+    direction: Direction = "desc",
+) -> dict[str, Any]:
+    """List realms, newest id first unless `direction=asc`."""
+    page = context(request).service.list_realms(
+        after=_after(after), max_results=max_results, direction=direction
+    )
+    return page.as_dict()
+
+
+@router.get("/realms/{realm}", response_model=Realm, tags=["realms"], responses=NOT_FOUND)
+def get_realm(request: Request, realm: str) -> dict[str, Any]:
+    """One realm, by id or name."""
+    return context(request).service.get_realm(clean_ref(realm))
+
+
+@router.post("/realms", status_code=201, response_model=Realm, tags=["realms"], responses=CONFLICT)
+def create_realm(request: Request, body: NewRealmEnvelope) -> dict[str, Any]:
+    """Create a realm with its policy (defaults for what is left out) and one active key."""
+    ctx = context(request)
+    name = body.realm.name
+    view = ctx.service.create_realm(name, **_policy(body.realm))
+    ctx.published(view["id"])
+    return view
+
+
+def _update(request: Request, realm: str, body: RealmPolicyEnvelope) -> dict[str, Any]:
+    ctx = context(request)
+    view = ctx.service.update_realm(clean_ref(realm), **_policy(body.realm))
+    ctx.published(view["id"])
+    return view
+
+
+@router.put("/realms/{realm}", response_model=Realm, tags=["realms"], responses=NOT_FOUND)
+def update_realm(request: Request, realm: str, body: RealmPolicyEnvelope) -> dict[str, Any]:
+    """Change a realm's policy; fields left out keep their value, keys already made stay."""
+    return _update(request, realm, body)
+
+
+@router.patch("/realms/{realm}", response_model=Realm, tags=["realms"], responses=NOT_FOUND)
+def patch_realm(request: Request, realm: str, body: RealmPolicyEnvelope) -> dict[str, Any]:
+    """The same as PUT: a partial policy update."""
+    return _update(request, realm, body)
+
+
+@router.delete(
+    "/realms/{realm}", status_code=202, response_model=Realm, tags=["realms"], responses=NOT_FOUND
+)
+def delete_realm(request: Request, realm: str) -> dict[str, Any]:
+    """Delete a realm and every key in it; its JWKS is withdrawn. Answers with the realm."""
+    ctx = context(request)
+    view = ctx.service.delete_realm(clean_ref(realm))
+    ctx.published(view["id"])
+    return view

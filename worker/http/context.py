@@ -1,0 +1,147 @@
+"""What every request handler shares: settings, the service, admin keys, Redis, the clock."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import cast
+
+import redis
+from fastapi import Request
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from worker import runtime
+from worker.admin_keys import AdminKeys
+from worker.errors import NotFound
+from worker.http.auth import AdminAuthenticator
+from worker.jwks import Publisher, publish_realm
+from worker.relay import Relay, relay_after_commit
+from worker.service import Clock, Service
+from worker.settings import Settings
+
+log = logging.getLogger("keyrotor.http")
+
+MAX_REF_CHARS = 100
+NAME_TTL_SECONDS = 60.0
+NAME_CACHE_SIZE = 10_000
+REDIS_TIMEOUT = 2.0
+REDIS_REST = 5.0
+
+
+def clean_ref(value: str) -> str:
+    """A realm or key reference from a URL; anything no id or name could be is simply not
+    found (and never reaches the database, which refuses NUL bytes with an error)."""
+    if not value or len(value) > MAX_REF_CHARS or not value.isprintable():
+        raise NotFound(f"{value[:40]!r} not found")
+    return value
+
+
+class RedisHandle:
+    """The Redis this process talks to: the one given, or the configured or embedded one,
+    looked up again until it is known (a web process may start before the embedded Valkey).
+
+    Its own client fails fast (one attempt, short timeouts): a request that can do without
+    Redis should not wait out redis-py's retries; and after a failure, `reader()` rests for a
+    few seconds so an outage costs JWKS requests nothing.
+    """
+
+    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self._client = client
+        self._publisher: Publisher | None = None
+        self._relay: Relay | None = None
+        self._resting_until = 0.0
+
+    def client(self) -> redis.Redis | None:
+        if self._client is None:
+            url = runtime.redis_url(self.settings)
+            if url is not None:
+                self._client = redis.Redis.from_url(
+                    url,
+                    socket_timeout=REDIS_TIMEOUT,
+                    socket_connect_timeout=REDIS_TIMEOUT,
+                    retry=Retry(NoBackoff(), 0),
+                )
+        return self._client
+
+    def reader(self) -> redis.Redis | None:
+        """The client for reads that have another source, or None while resting."""
+        return None if time.monotonic() < self._resting_until else self.client()
+
+    def failed(self) -> None:
+        self._resting_until = time.monotonic() + REDIS_REST
+
+    def publisher_and_relay(self, service: Service) -> tuple[Publisher, Relay] | None:
+        client = self.client()
+        if client is None:
+            return None
+        if self._publisher is None or self._relay is None:
+            self._publisher = Publisher(client, self.settings.jwks_dir)
+            self._relay = Relay(
+                service,
+                client,
+                maxlen=self.settings.events_stream_maxlen,
+                publisher=self._publisher,
+            )
+        return self._publisher, self._relay
+
+
+@dataclass
+class NameCache:
+    """Realm name -> id, for JWKS requests by name: names never change, but a realm may be
+    deleted and its name reused, so entries live `ttl` seconds and are checked against the
+    name stored with the published copy."""
+
+    ttl: float = NAME_TTL_SECONDS
+    size: int = NAME_CACHE_SIZE
+    _entries: dict[str, tuple[str, float]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, name: str) -> str | None:
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None or entry[1] < time.monotonic():
+                self._entries.pop(name, None)
+                return None
+            return entry[0]
+
+    def put(self, name: str, realm_id: str) -> None:
+        with self._lock:
+            if len(self._entries) >= self.size:
+                self._entries.clear()
+            self._entries[name] = (realm_id, time.monotonic() + self.ttl)
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._entries.pop(name, None)
+
+
+@dataclass
+class HttpContext:
+    settings: Settings
+    service: Service
+    admin_keys: AdminKeys
+    authenticator: AdminAuthenticator
+    redis: RedisHandle
+    clock: Clock
+    names: NameCache = field(default_factory=NameCache)
+
+    def published(self, realm_id: str) -> None:
+        """After a commit: publish the realm's JWKS, then relay its events. The change is
+        committed whatever happens here; `reconcile_jwks` and `relay_events` catch up."""
+        try:
+            wired = self.redis.publisher_and_relay(self.service)
+            if wired is None:
+                return
+            publisher, relay = wired
+            publish_realm(self.service, publisher, realm_id)
+            relay_after_commit(relay)
+        except Exception:
+            log.exception("publishing %s after a commit failed; the sweeps will retry", realm_id)
+
+
+def context(request: Request) -> HttpContext:
+    return cast(HttpContext, request.app.state.keyrotor)

@@ -1,0 +1,163 @@
+"""`GET /realms/<id or name>/.well-known/jwks.json`: the published copy, honestly cacheable.
+
+The document comes from the Redis copy the publisher keeps (so verifiers' traffic does not
+reach the database), or from the database when Redis has none or is away. `max-age` is the
+smaller of KEYROTOR_JWKS_MAX_AGE and the seconds until the realm's next scheduled change, so
+no cache keeps a key set past a change it could have known about.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import redis
+from fastapi import APIRouter, Request, Response
+
+from worker import ids, jwks
+from worker.http.context import HttpContext, clean_ref, context
+from worker.http.models import Errors, JwkSet
+
+log = logging.getLogger("keyrotor.http")
+
+PATH = "/realms/{realm}/.well-known/jwks.json"
+CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": "ETag, Cache-Control",
+}
+WARN_EVERY = 60.0
+
+router = APIRouter(tags=["jwks"])
+
+
+@dataclass(frozen=True)
+class Document:
+    body: bytes
+    etag: str
+    next_change_at: datetime | None
+
+
+def max_age(limit: timedelta, next_change_at: datetime | None, now: datetime) -> int:
+    """Whole seconds a cache may keep the set: never past the next scheduled change, never
+    negative (an overdue change makes every cache revalidate)."""
+    seconds = int(limit.total_seconds())
+    if next_change_at is not None:
+        seconds = min(seconds, int((next_change_at - now).total_seconds()))
+    return max(0, seconds)
+
+
+def matches(if_none_match: str | None, etag: str) -> bool:
+    """Weak comparison (RFC 9110 13.1.2): `*`, or any listed tag, with or without `W/`."""
+    if if_none_match is None:
+        return False
+    for candidate in if_none_match.split(","):
+        tag = candidate.strip()
+        if tag == "*":
+            return True
+        if tag.startswith("W/"):
+            tag = tag[2:]
+        if tag == etag:
+            return True
+    return False
+
+
+_last_warning = 0.0
+
+
+def _warn(message: str, *args: object) -> None:
+    """A Redis outage would log on every request; once a minute is enough."""
+    global _last_warning
+    if time.monotonic() - _last_warning >= WARN_EVERY:
+        _last_warning = time.monotonic()
+        log.warning(message, *args)
+
+
+def _from_redis(ctx: HttpContext, ref: str) -> Document | None:
+    client = ctx.redis.reader()
+    if client is None:
+        return None
+    by_name = not ids.looks_like("rl", ref)
+    realm_id = ctx.names.get(ref) if by_name else ref
+    if realm_id is None:
+        return None
+    try:
+        found: list[Any] = client.hmget(
+            jwks.redis_key(realm_id), ["document", "etag", "next_change_at", "realm_name"]
+        )
+    except redis.RedisError as error:
+        ctx.redis.failed()
+        _warn("JWKS served from the database: Redis is unavailable (%s)", error.__class__.__name__)
+        return None
+    document, etag, next_change_at, realm_name = (_text(value) for value in found)
+    if document is None or etag is None:
+        return None
+    if by_name and realm_name != ref:
+        ctx.names.forget(ref)
+        return None
+    try:
+        next_at = datetime.fromisoformat(next_change_at) if next_change_at else None
+    except ValueError:
+        return None  # not written by our publisher: the database knows
+    return Document(document.encode(), etag, next_at)
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _from_database(ctx: HttpContext, ref: str) -> Document:
+    publication = ctx.service.publication(ref)
+    if publication.realm_id != ref:
+        ctx.names.put(ref, publication.realm_id)
+    body = jwks.body(publication.jwks)
+    return Document(body, jwks.etag(body), publication.next_change_at)
+
+
+@router.get(
+    PATH,
+    response_class=Response,
+    responses={
+        200: {
+            "model": JwkSet,
+            "description": "The realm's public keys: pending, active and expired-in-grace.",
+            "headers": {
+                "ETag": {"schema": {"type": "string"}},
+                "Cache-Control": {
+                    "description": "`public, max-age=N`, N at most KEYROTOR_JWKS_MAX_AGE and"
+                    " never past the realm's next scheduled JWKS change.",
+                    "schema": {"type": "string"},
+                },
+                "Access-Control-Allow-Origin": {"schema": {"type": "string", "enum": ["*"]}},
+            },
+        },
+        304: {"description": "Not modified: `If-None-Match` names the current ETag."},
+        404: {"model": Errors, "description": "No such realm."},
+    },
+)
+def realm_jwks(request: Request, realm: str) -> Response:
+    """A realm's JWKS, by realm id or name; open to every origin."""
+    ctx = context(request)
+    ref = clean_ref(realm)
+    document = _from_redis(ctx, ref) or _from_database(ctx, ref)
+    age = max_age(ctx.settings.jwks_max_age, document.next_change_at, ctx.clock())
+    headers = {"ETag": document.etag, "Cache-Control": f"public, max-age={age}", **CORS}
+    if matches(request.headers.get("if-none-match"), document.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(document.body, media_type="application/json", headers=headers)
+
+
+@router.options(PATH, include_in_schema=False)
+def realm_jwks_preflight(realm: str) -> Response:
+    """CORS preflight, for browsers that send `If-None-Match` themselves."""
+    return Response(
+        status_code=204,
+        headers={
+            **CORS,
+            "Access-Control-Allow-Methods": "GET, OPTIONS",
+            "Access-Control-Allow-Headers": "If-None-Match, Cache-Control",
+            "Access-Control-Max-Age": "86400",
+        },
+    )

@@ -1,0 +1,146 @@
+"""Request and response bodies of the HTTP API, so `/openapi.json` says exactly what is served.
+
+The response models mirror `Service.key_view` and `realm_view` field for field (a test checks);
+requests use AuthRocket's envelopes, `{"jwt_key": {...}}` and `{"realm": {...}}`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, NotRequired
+
+from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypedDict
+
+Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+Duration = Annotated[
+    int | str,
+    Field(description="Seconds, or a duration written `30d`, `6h`, `5m`, `90s` (or `1h30m`)."),
+]
+ALGO_HELP = "One of `hs256`, `rs256`, `ps256`, `es256`, `eddsa` (any case)."
+
+
+class Errors(BaseModel):
+    """Every refusal: one or more sentences for a person."""
+
+    errors: list[str] = Field(examples=[["Algo can't be blank"]])
+
+
+class JwtKey(BaseModel):
+    id: str = Field(examples=["jky_0vRHaJyOFdkV3QVJpUJqJQ"])
+    object: Literal["jwt_key"]
+    realm_id: str
+    algo: Literal["hs256", "rs256", "ps256", "es256", "eddsa"]
+    use: Literal["sign"]
+    state: Literal["pending", "active", "expired"]
+    expired: bool = Field(description="True when `state` is `expired`.")
+    key: str = Field(
+        description="The public key as PEM; for an `hs256` key, the secret. Never a private key."
+    )
+    created_at: Timestamp
+    activated_at: Timestamp | None
+    expired_at: Timestamp | None
+    delete_after: Timestamp | None = Field(
+        description="When an expired key leaves the JWKS and is deleted."
+    )
+
+
+class JwtKeyPage(BaseModel):
+    more_results: bool = Field(description="True when another page follows; pass `after`.")
+    collection: list[JwtKey]
+
+
+class Realm(BaseModel):
+    id: str = Field(examples=["rl_0v1zTHXhtNgmDaXaDYSAqx"])
+    name: str
+    algo: Literal["hs256", "rs256", "ps256", "es256", "eddsa"]
+    rsa_bits: int
+    rotation_period: int = Field(description="Seconds a key signs.")
+    prepublish: int = Field(description="Seconds a new key is in the JWKS before it signs.")
+    grace: int = Field(description="Seconds a retired key keeps verifying.")
+    max_token_ttl: int = Field(description="Seconds: the longest token the realm may sign.")
+    jwks_version: int
+    next_rotation_at: Timestamp | None
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class RealmPage(BaseModel):
+    more_results: bool
+    collection: list[Realm]
+
+
+class NewJwtKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    realm_id: str = Field(description="The realm, by id or name.")
+    algo: str = Field(description=ALGO_HELP)
+    use: Literal["sign"] = "sign"
+    key: str | None = Field(
+        default=None,
+        max_length=16 * 1024,
+        description="Import this key (a PEM private key, or an hs256 secret of at least 256"
+        " bits) instead of generating one.",
+    )
+    activate: bool = Field(
+        default=False, description="Sign with it at once, expiring the active key."
+    )
+
+
+class NewJwtKeyEnvelope(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    jwt_key: NewJwtKey
+
+
+class RealmPolicy(BaseModel):
+    """Fields left out (or null) keep their current value, or the default for a new realm."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    algo: str | None = Field(default=None, description=ALGO_HELP)
+    rotation_period: Duration | None = None
+    prepublish: Duration | None = None
+    grace: Duration | None = None
+    max_token_ttl: Duration | None = None
+    rsa_bits: int | None = Field(default=None, description="2048, 3072 or 4096.")
+
+
+class NewRealm(RealmPolicy):
+    name: str = Field(
+        description="1-100 letters, digits, `.`, `_` or `-`; usable wherever an id is."
+    )
+
+
+class NewRealmEnvelope(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    realm: NewRealm
+
+
+class RealmPolicyEnvelope(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    realm: RealmPolicy
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(examples=[{"database": "ok", "redis": "ok"}])
+
+
+class Jwk(TypedDict):
+    """Public parameters only: `n`, `e` for RSA; `crv`, `x`, `y` for EC; `crv`, `x` for OKP."""
+
+    kty: Literal["RSA", "EC", "OKP"]
+    kid: str
+    use: Literal["sig"]
+    alg: Literal["RS256", "PS256", "ES256", "EdDSA"]
+    n: NotRequired[str]
+    e: NotRequired[str]
+    crv: NotRequired[Literal["P-256", "Ed25519"]]
+    x: NotRequired[str]
+    y: NotRequired[str]
+
+
+class JwkSet(BaseModel):
+    keys: list[Jwk]
