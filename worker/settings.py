@@ -26,11 +26,13 @@ ENV_PREFIX = "KEYROTOR_"
 
 Env = Literal["development", "production"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LogFormat = Literal["auto", "json", "text"]
 Algo = Literal["hs256", "rs256", "ps256", "es256", "eddsa"]
 RsaBits = Literal[2048, 3072, 4096]
 
 ENVS: tuple[Env, ...] = ("development", "production")
 LOG_LEVELS: tuple[LogLevel, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "json", "text")
 ALGOS: tuple[Algo, ...] = ("hs256", "rs256", "ps256", "es256", "eddsa")
 RSA_BITS: tuple[RsaBits, ...] = (2048, 3072, 4096)
 
@@ -136,6 +138,8 @@ class Settings(BaseSettings):
     tick: Annotated[Duration, _at_least(timedelta(seconds=1))] = timedelta(seconds=10)
     events_stream_maxlen: Annotated[int, _between(1000)] = 100_000
     log_level: Annotated[LogLevel, _choice(LOG_LEVELS, str.upper)] = "INFO"
+    # auto: JSON lines when ENV=production and stderr is not a terminal, readable lines otherwise.
+    log_format: Annotated[LogFormat, _choice(LOG_FORMATS, str.lower)] = "auto"
 
     # Defaults for the policy of a realm created without one.
     algo: Annotated[Algo, _choice(ALGOS, str.lower)] = "rs256"

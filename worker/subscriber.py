@@ -115,8 +115,7 @@ def history(
 ) -> Iterator[dict[str, Any]]:
     """The events the stream holds after `since`, without waiting for more."""
     position = Position(realm, since)
-    while True:
-        assert position.last_id is not None
+    while position.last_id is not None:  # None: `$`, nothing held is wanted
         reply = client.xread({STREAM: position.last_id}, count=READ_COUNT)
         if not reply:
             return
@@ -129,7 +128,8 @@ def _missing(last_id: str, reply: Any) -> bool:
 
 
 def _backoff(delay: float) -> float:
-    """Full-jitter exponential backoff: many subscribers do not reconnect in step."""
+    """Jittered exponential backoff, so many subscribers cut off at once do not reconnect in
+    step."""
     return delay / 2 + random.uniform(0, delay / 2)
 
 
@@ -162,6 +162,7 @@ class Subscriber:
         self._stopping = threading.Event()
         self._client: redis.Redis | None = None
         self._thread: threading.Thread | None = None
+        self._delay = BACKOFF_FIRST
 
     @property
     def last_id(self) -> str | None:
@@ -202,25 +203,24 @@ class Subscriber:
 
     def run(self) -> None:
         """Follow the stream until `stop()`, reconnecting with backoff; blocks the caller."""
-        delay = BACKOFF_FIRST
+        self._delay = BACKOFF_FIRST
         while not self._stopping.is_set():
             try:
                 self._client = self._connect()
                 self._resume(self._client)
                 self.connected.set()
-                delay = BACKOFF_FIRST
                 self._follow(self._client)
             except Exception as error:  # whatever broke the connection, follow on
                 self.connected.clear()
                 if self._stopping.is_set():
                     break  # stop() closed the connection under the read
-                wait = _backoff(delay)
+                wait = _backoff(self._delay)
                 if isinstance(error, redis.RedisError | OSError):
                     log.warning("event stream unavailable (%s); reconnecting in %.1fs", error, wait)
                 else:
                     log.exception("subscriber failed; reconnecting in %.1fs", wait)
                 self._stopping.wait(wait)
-                delay = min(delay * 2, self.backoff_max)
+                self._delay = min(self._delay * 2, self.backoff_max)
             finally:
                 if self._client is not None:
                     self._client.close()
@@ -253,6 +253,7 @@ class Subscriber:
         while not self._stopping.is_set():
             assert self.position.last_id is not None
             reply = client.xread({STREAM: self.position.last_id}, count=READ_COUNT, block=block)
+            self._delay = BACKOFF_FIRST  # a read worked: the next outage starts backing off anew
             for event in self.position.read(reply):
                 _call(self.callback, f"callback on {event['id']}", event)
 
@@ -299,12 +300,12 @@ async def events(
                 log.warning("stream entry %s is gone: events may have been missed", last_id)
                 if on_gap is not None:
                     await _acall(on_gap, "gap handler")
-            delay = BACKOFF_FIRST
             while True:
                 assert position.last_id is not None
                 reply = await client.xread(
                     {STREAM: position.last_id}, count=READ_COUNT, block=int(block * 1000)
                 )
+                delay = BACKOFF_FIRST
                 for event in position.read(reply):
                     yield event
         except (redis.RedisError, OSError) as error:

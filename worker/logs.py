@@ -1,0 +1,118 @@
+"""Log lines for machines and for people: one JSON object per line in production, readable
+lines in a terminal, the same for keyrotor's own loggers, Celery's and everything else.
+
+Ids travel as fields (`log.info("rotated", extra={"realm_id": ..., "key_id": ...})`), so a log
+search needs no regular expressions. Nothing that looks like key material is ever written: the
+code logs ids only, and a last filter blanks PEM private keys and `jsk_` secrets regardless.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from worker.settings import Settings
+
+# Every attribute a plain LogRecord has; anything else on a record came in through `extra=`.
+_RECORD_ATTRIBUTES = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", (), None)) | {"message", "asctime", "taskName"}
+)
+_PRIVATE_PEM = re.compile(
+    r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?(-----END \1PRIVATE KEY-----|\Z)", re.DOTALL
+)
+_HMAC_SECRET = re.compile(r"jsk_[0-9A-Za-z]{43}")
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def redact(text: str) -> str:
+    """Blank private keys and HMAC secrets that reached a log line by mistake."""
+    if "PRIVATE KEY" in text:
+        text = _PRIVATE_PEM.sub("[private key redacted]", text)
+    if "jsk_" in text:
+        text = _HMAC_SECRET.sub("jsk_[redacted]", text)
+    return text
+
+
+def fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The `extra=` fields of a record, and the Celery task it ran in (if any)."""
+    found = {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRIBUTES}
+    if "celery" in sys.modules:
+        from celery._state import get_current_task
+
+        task = get_current_task()
+        if task is not None and getattr(task, "request", None) is not None:
+            found.setdefault("task_id", task.request.id)
+            found.setdefault("task_name", task.name)
+    return found
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list | tuple):
+        return [_scrub(item) for item in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return redact(str(value))
+
+
+class JsonFormatter(logging.Formatter):
+    """`{"ts", "level", "logger", "message", ...fields, "exc"?}` on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        }
+        for name, value in fields(record).items():
+            entry.setdefault(name, _scrub(value))
+        if record.exc_info:
+            entry["exc"] = redact(self.formatException(record.exc_info))
+        if record.stack_info:
+            entry["stack"] = redact(self.formatStack(record.stack_info))
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message  realm_id=… key_id=…` for a person at a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extra = fields(record)
+        if extra:
+            line += "  " + " ".join(f"{name}={_scrub(value)}" for name, value in extra.items())
+        return redact(line)
+
+
+def wants_json(settings: Settings, stream: IO[str]) -> bool:
+    """`auto` means JSON in production unless a person is watching the terminal."""
+    if settings.log_format != "auto":
+        return settings.log_format == "json"
+    isatty = getattr(stream, "isatty", None)
+    return settings.env == "production" and not (callable(isatty) and isatty())
+
+
+def configure_logging(settings: Settings, *, stream: IO[str] | None = None) -> logging.Handler:
+    """Send every logger's records to one handler on `stream` (stderr), replacing the root
+    logger's handlers, at `KEYROTOR_LOG_LEVEL`. Returns the handler (tests read it)."""
+    stream = stream if stream is not None else sys.stderr
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter() if wants_json(settings, stream) else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(settings.log_level)
+    logging.captureWarnings(True)
+    return handler
