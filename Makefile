@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint unit bench chaos clean
+.PHONY: run test lint unit bench chaos clean lock
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -24,6 +24,15 @@ lint: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest
+
+# The image's pinned runtime dependencies: a fresh venv with the project alone (no dev tools).
+lock:
+	rm -rf .lock-venv && $(PY) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet .
+	{ echo "# make lock: keyrotor's runtime dependencies, pinned (deploy/Dockerfile installs these)"; \
+	  .lock-venv/bin/pip freeze --exclude-editable | grep -v '^keyrotor[ =@]'; } > deploy/requirements.lock
+	rm -rf .lock-venv build
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Engine, select, text
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.orm import Session
 
 from worker.errors import Conflict, InvalidInput, NotFound, SealError
@@ -824,6 +825,32 @@ def test_due_realm_ids_pages_each_due_realm_once_in_index_order(
     )
     assert walked == expected
     assert all(at.tzinfo is not None for at, _ in walked)
+
+
+def test_due_realm_ids_resumes_with_a_row_comparison_the_index_can_start_from(
+    service: Service, engine: Engine, clock: FakeClock
+) -> None:
+    # With `a > x OR (a = x AND b > y)` PostgreSQL re-read every due entry before the page
+    # (1M realms, 100k due: 16 ms for a late page instead of 0.6 ms; bench/README.md).
+    for n in range(3):
+        service.create_realm(f"r{n}", algo="es256")
+    clock.now = T0 + PREPUBLISH_AT
+    first = service.due_realm_ids(clock.now, limit=1)
+    statements: list[str] = []
+
+    def capture(*args: Any) -> None:
+        statements.append(args[2])
+
+    sqlalchemy_event.listen(engine, "before_cursor_execute", capture)
+    try:
+        rest = service.due_realm_ids(clock.now, after=first[-1])
+    finally:
+        sqlalchemy_event.remove(engine, "before_cursor_execute", capture)
+
+    assert len(first + rest) == 3
+    page_query = next(s for s in statements if "FROM realms" in s)
+    assert "(realms.next_rotation_at, realms.id) >" in page_query
+    assert " OR " not in page_query
 
 
 def test_rotated_realms_leave_the_due_list(service: Service, clock: FakeClock) -> None:

@@ -38,6 +38,8 @@ def make_app(settings: Settings, broker_url: str) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
         timezone="UTC",
         enable_utc=True,
+        # In-memory schedule plus a heartbeat in Redis for `keyrotor doctor` (worker/beat.py).
+        beat_scheduler="worker.beat:HeartbeatScheduler",
         beat_schedule={
             # A beat message not picked up within its period is dropped: the next one replaces it.
             "rotate-due": _every("keyrotor.rotate_due", tick),

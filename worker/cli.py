@@ -365,6 +365,43 @@ def rewrap() -> None:
     out.print(f"re-sealed {count} key{'' if count == 1 else 's'} under the first master key")
 
 
+@app.command()
+def doctor(
+    as_json: Annotated[
+        bool, typer.Option("--json", help='Print {"ok", "checks": [...]} for monitors.')
+    ] = False,
+    check: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Run only this check (repeatable): database, redis, sealed_keys, policies,"
+            " beat, outbox, jwks."
+        ),
+    ] = None,
+) -> None:
+    """Check the database, Redis, master keys, policies, beat, outbox and published JWKS;
+    exit status 1 on any problem."""
+    from worker.doctor import CHECKS, examine
+
+    unknown = sorted(set(check or ()) - set(CHECKS))
+    if unknown:
+        fail(f"unknown check {', '.join(unknown)}; choose from {', '.join(CHECKS)}")
+    results = examine(settings(), only=check)
+    healthy = all(result.ok for result in results)
+    if as_json:
+        print_json({"ok": healthy, "checks": [result.as_dict() for result in results]})
+    else:
+        width = max(len(result.name) for result in results)
+        for result in results:
+            mark = "ok  " if result.ok else "FAIL"
+            sys.stdout.write(f"{mark}  {result.name:<{width}}  {result.detail}\n")
+        problems = sum(not result.ok and not result.skipped for result in results)
+        skipped = sum(result.skipped for result in results)
+        summary = f"{problems} problem{'s' * (problems != 1)}"
+        summary += f", {skipped} check{'s' * (skipped != 1)} not run" if skipped else ""
+        sys.stdout.write("all checks passed\n" if healthy else summary + "\n")
+    raise SystemExit(0 if healthy else 1)
+
+
 cli_events.register(app)
 cli_admin.register(app)
 

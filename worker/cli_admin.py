@@ -8,7 +8,6 @@ the Authgear sample signs: `aud` as a list, `iat`, `exp`, and the `kid` header.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 import time
@@ -42,11 +41,11 @@ def web(
     """Serve the JWKS, the admin API, /healthz and /metrics until stopped."""
     from worker.cli import service, settings
     from worker.http.app import serve
+    from worker.logs import configure_logging
 
-    logging.basicConfig(
-        level=settings().log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    serve(settings(), service(), host=host, port=port)
+    ready = service()  # refuses an unmigrated database before anything is served
+    configure_logging(settings())
+    serve(settings(), ready, host=host, port=port)
 
 
 def _admin_keys() -> AdminKeys:

@@ -19,7 +19,9 @@ from worker.settings import Settings
 
 # Every attribute a plain LogRecord has; anything else on a record came in through `extra=`.
 _RECORD_ATTRIBUTES = frozenset(
-    vars(logging.LogRecord("", 0, "", 0, "", (), None)) | {"message", "asctime", "taskName"}
+    set(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
+    | {"message", "asctime", "taskName"}
+    | {"color_message"}  # uvicorn's copy of the message with terminal colours
 )
 _PRIVATE_PEM = re.compile(
     r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?(-----END \1PRIVATE KEY-----|\Z)", re.DOTALL
@@ -55,6 +57,8 @@ def _scrub(value: Any) -> Any:
         return redact(value)
     if isinstance(value, list | tuple):
         return [_scrub(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _scrub(item) for key, item in value.items()}
     if isinstance(value, str | int | float | bool) or value is None:
         return value
     return redact(str(value))

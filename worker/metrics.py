@@ -18,6 +18,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
+from worker.heartbeat import last_heartbeat
 from worker.jwks import redis_key
 from worker.lifecycle import State
 from worker.service import Service
@@ -96,7 +97,15 @@ class KeyrotorCollector(Collector):
             if realm.last_rotation_at is not None:
                 age = (self.now - realm.last_rotation_at).total_seconds()
                 ages.add_metric([realm.id, realm.name], max(0.0, age))
-        return [count, ages]
+        # Beside the ages, so an alert can say "older than its own period" (deploy/prometheus).
+        periods = GaugeMetricFamily(
+            "keyrotor_rotation_period_seconds",
+            "Each realm's rotation period: how long one key signs.",
+            labels=["realm_id", "realm"],
+        )
+        for realm in realms:
+            periods.add_metric([realm.id, realm.name], realm.rotation_period_s)
+        return [count, ages, periods]
 
     def _redis(self, realms: list[stats.RealmStat] | None) -> Iterable[Metric]:
         assert self.redis is not None
@@ -104,7 +113,13 @@ class KeyrotorCollector(Collector):
             "keyrotor_rotation_failures", "Rotation task attempts that failed (and were retried)."
         )
         failures.add_metric([], int(self.redis.get(ROTATION_FAILURES) or 0))
-        found: list[Metric] = [failures]
+        beat = last_heartbeat(self.redis)
+        seen = GaugeMetricFamily(
+            "keyrotor_beat_last_seen_timestamp_seconds",
+            "Unix time of the beat scheduler's last heartbeat (0 when never seen).",
+        )
+        seen.add_metric([], beat.at.timestamp() if beat is not None else 0.0)
+        found: list[Metric] = [failures, seen]
         if realms is None:
             return found
         pipe = self.redis.pipeline(transaction=False)

@@ -26,6 +26,7 @@ import redis
 
 from worker import runtime
 from worker.errors import ConfigError, Conflict
+from worker.logs import configure_logging
 from worker.settings import Settings, load_settings
 from worker.store.db import migrate
 
@@ -222,12 +223,10 @@ def _supervise(
 
 
 def _configure_logging(settings: Settings) -> None:
-    """Readable lines on stderr, unless the caller (the CLI, a test) configured logging."""
+    """The children's format (worker.logs) on stderr, unless the caller (a test) configured
+    logging already."""
     if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.WARNING, format="[%(asctime)s: %(levelname)s/%(name)s] %(message)s"
-        )
-        logging.getLogger("keyrotor").setLevel(settings.log_level)
+        configure_logging(settings)
 
 
 def _prepare_database(settings: Settings) -> None:

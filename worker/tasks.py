@@ -84,6 +84,15 @@ def report(change: Change | None) -> None:
         return
     publish(change.realm_id)
     next_at = rfc3339(change.next_rotation_at)
+    # Ids as fields too, so JSON logs can be searched by realm, key or event without parsing.
+    fields = {
+        "realm_id": change.realm_id,
+        "realm": change.realm_name,
+        "reason": change.reason,
+        "key_ids": change.key_ids,
+        "event_id": change.event_id,
+        "jwks_version": change.jwks_version,
+    }
     if change.activated:
         log.info(
             "rotated %s (%s): %s -> %s, next change %s",
@@ -92,6 +101,7 @@ def report(change: Change | None) -> None:
             change.retired or "none",
             change.activated,
             next_at,
+            extra={**fields, "key_id": change.activated, "retired_key_id": change.retired},
         )
     else:
         keys = ", ".join(change.key_ids)
@@ -102,6 +112,7 @@ def report(change: Change | None) -> None:
             change.reason,
             keys,
             next_at,
+            extra=fields,
         )
 
 
@@ -134,7 +145,7 @@ def rotate_realm(realm_id: str, force: bool = False) -> None:
     try:
         report(ctx.service.rotate(realm_id, force=force))
     except NotFound:
-        log.info("realm %s is gone; nothing to rotate", realm_id)
+        log.info("realm %s is gone; nothing to rotate", realm_id, extra={"realm_id": realm_id})
     except Exception:
         count_rotation_failure(ctx.publisher.redis)  # /metrics: keyrotor_rotation_failures
         raise
@@ -157,10 +168,16 @@ def delete_key(key_id: str, force: bool = False) -> None:
     try:
         original = context().service.delete_key(key_id, force=force)
     except NotFound:
-        log.info("key %s is already gone", key_id)
+        log.info("key %s is already gone", key_id, extra={"key_id": key_id})
         return
     publish(original["realm_id"])
-    log.info("%s %s in realm %s", "revoked" if force else "expired", key_id, original["realm_id"])
+    log.info(
+        "%s %s in realm %s",
+        "revoked" if force else "expired",
+        key_id,
+        original["realm_id"],
+        extra={"realm_id": original["realm_id"], "key_id": key_id},
+    )
 
 
 @app.task(name="keyrotor.revoke_key", **RETRY)

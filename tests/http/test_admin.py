@@ -396,7 +396,7 @@ def test_no_input_yields_a_5xx(
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(value=st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255), max_size=200))
 def test_no_authorization_header_yields_a_5xx(api: Api, value: str) -> None:

@@ -51,6 +51,23 @@ def test_serves_the_published_set_with_etag_cache_control_and_cors(api: Api) -> 
     assert set(member) == {"kty", "kid", "use", "alg", "crv", "x", "y"}
 
 
+def test_head_answers_the_get_headers_without_a_body(api: Api) -> None:
+    realm = api.realm()
+    got = api.anon.get(jwks_path(realm["id"]))
+    head = api.anon.head(jwks_path(realm["id"]))
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["ETag"] == got.headers["ETag"]
+    assert head.headers["Content-Length"] == str(len(got.content))
+
+
+def test_a_redis_copy_not_written_by_the_publisher_is_passed_over(api: Api) -> None:
+    realm = api.realm()
+    api.stack.redis.hset(redis_key(realm["id"]), "next_change_at", "2026-01-01T00:00:00")
+    response = api.anon.get(jwks_path(realm["id"]))
+    assert response.status_code == 200
+    assert response.json() == api.stack.service.jwks(realm["id"])
+
+
 def test_a_realm_name_works_in_place_of_its_id(api: Api) -> None:
     realm = api.realm("acme")
     by_id = api.anon.get(jwks_path(realm["id"]))

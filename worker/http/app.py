@@ -257,13 +257,15 @@ def serve(
     host: str | None = None,
     port: int | None = None,
 ) -> None:
-    """Run the app under uvicorn until SIGTERM or Ctrl-C; the `web` process."""
+    """Run the app under uvicorn until SIGTERM or Ctrl-C; the `web` process. Logging is the
+    caller's (`worker.logs.configure_logging`): uvicorn's loggers go through it."""
     import uvicorn
 
     uvicorn.run(
         create_app(settings, service),
         host=host or settings.http_host,
         port=port or settings.http_port,
+        log_config=None,
         log_level=settings.log_level.lower(),
         server_header=False,
     )

@@ -101,6 +101,8 @@ def _from_redis(ctx: HttpContext, ref: str) -> Document | None:
         next_at = datetime.fromisoformat(next_change_at) if next_change_at else None
     except ValueError:
         return None  # not written by our publisher: the database knows
+    if next_at is not None and next_at.tzinfo is None:
+        return None
     return Document(document.encode(), etag, next_at)
 
 
@@ -149,6 +151,12 @@ def realm_jwks(request: Request, realm: str) -> Response:
     return Response(document.body, media_type="application/json", headers=headers)
 
 
+@router.head(PATH, include_in_schema=False)
+def realm_jwks_head(request: Request, realm: str) -> Response:
+    """The GET's headers (`curl -I`, caches that check first); the server sends no body."""
+    return realm_jwks(request, realm)
+
+
 @router.options(PATH, include_in_schema=False)
 def realm_jwks_preflight(realm: str) -> Response:
     """CORS preflight, for browsers that send `If-None-Match` themselves."""
@@ -156,7 +164,7 @@ def realm_jwks_preflight(realm: str) -> Response:
         status_code=204,
         headers={
             **CORS,
-            "Access-Control-Allow-Methods": "GET, OPTIONS",
+            "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
             "Access-Control-Allow-Headers": "If-None-Match, Cache-Control",
             "Access-Control-Max-Age": "86400",
         },

@@ -21,6 +21,7 @@ class RealmStat:
     updated_at: datetime
     last_rotation_at: datetime | None
     """When the active key began to sign (None for a realm without an active key)."""
+    rotation_period_s: int = 0
 
 
 def keys_by_state(sessions: sessionmaker[Session]) -> dict[str, int]:
@@ -39,7 +40,14 @@ def events_by_reason(sessions: sessionmaker[Session]) -> dict[str, int]:
 def realms(sessions: sessionmaker[Session]) -> list[RealmStat]:
     active = and_(JwtKey.realm_id == Realm.id, JwtKey.state == "active")
     query = (
-        select(Realm.id, Realm.name, Realm.jwks_version, Realm.updated_at, JwtKey.activated_at)
+        select(
+            Realm.id,
+            Realm.name,
+            Realm.jwks_version,
+            Realm.updated_at,
+            JwtKey.activated_at,
+            Realm.rotation_period_s,
+        )
         .outerjoin(JwtKey, active)
         .order_by(Realm.id)
     )
