@@ -278,11 +278,17 @@ def celery_worker(
     argv += ["-n", f"{name}@%h", "--without-mingle", "--without-gossip", "--without-heartbeat"]
     argv += ["--concurrency", str(concurrency), "-Q", queues]
     process = spawn(name, argv, env, folder)
-    wait_for(
-        lambda: "ready." in process.log() or process.popen.poll() is not None, 60, f"{name} ready"
-    )
-    if process.popen.poll() is not None:
-        raise RuntimeError(f"{name} did not start:\n{process.log()[-3000:]}")
+    try:
+        wait_for(
+            lambda: "ready." in process.log() or process.popen.poll() is not None,
+            60,
+            f"{name} ready",
+        )
+        if process.popen.poll() is not None:
+            raise RuntimeError(f"{name} did not start:\n{process.log()[-3000:]}")
+    except BaseException:
+        process.stop()  # never leave a worker behind that a later Redis on its port would feed
+        raise
     return process
 
 

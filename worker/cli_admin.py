@@ -217,5 +217,7 @@ def admin_token(
         "iat": now,
         "exp": now + int(lifetime.total_seconds()),
     }
+    if settings().admin_issuer is not None:
+        payload["iss"] = settings().admin_issuer
     token = jwt.encode(payload, private_key, "RS256", headers={"kid": kid})
     sys.stdout.write(token + "\n")

@@ -133,6 +133,8 @@ class Settings(BaseSettings):
     http_host: NonEmpty = "127.0.0.1"
     http_port: Annotated[int, _between(1, 65535)] = 8080
     admin_audience: NonEmpty = "keyrotor-admin"
+    # Unset: admin tokens need no `iss` (the Authgear sample has none); set: `iss` must match.
+    admin_issuer: NonEmpty | None = None
     admin_token_max_ttl: Annotated[Duration, _at_least(timedelta(seconds=1))] = timedelta(hours=1)
     clock_skew: Duration = timedelta(seconds=60)
     tick: Annotated[Duration, _at_least(timedelta(seconds=1))] = timedelta(seconds=10)

@@ -82,6 +82,7 @@ def create_app(
         authenticator=AdminAuthenticator(
             admin_keys,
             audience=settings.admin_audience,
+            issuer=settings.admin_issuer,
             max_ttl=settings.admin_token_max_ttl,
             clock_skew=settings.clock_skew,
             clock=clock,

@@ -54,9 +54,11 @@ class AdminAuthenticator:
         max_ttl: timedelta,
         clock_skew: timedelta,
         clock: Clock = utcnow,
+        issuer: str | None = None,
     ) -> None:
         self.keys = keys
         self.audience = audience
+        self.issuer = issuer
         self.max_ttl = max_ttl
         self.clock_skew = clock_skew
         self.clock = clock
@@ -127,6 +129,8 @@ class AdminAuthenticator:
         exp = _number(claims, "exp")
         iat = _number(claims, "iat")
         self._check_audience(claims)
+        if self.issuer is not None and claims.get("iss") != self.issuer:
+            raise InvalidToken("iss is not this service's admin issuer")
         now = self.clock().timestamp()
         skew = self.clock_skew.total_seconds()
         if iat > now + skew:
