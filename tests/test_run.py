@@ -4,36 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.processes import free_port, processes_under
 from tests.support.stack import wait_for
 
 KEYROTOR = Path(sys.executable).parent / "keyrotor"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def processes_under(folder: Path) -> list[int]:
-    """Live processes whose working directory is inside `folder` (ours never are)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cwd = os.readlink(entry / "cwd")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and Path(cwd).is_relative_to(folder):
-            found.append(int(entry.name))
-    return found
 
 
 def test_run_serves_from_an_empty_directory_and_stops_without_leftovers(tmp_path: Path) -> None:
