@@ -196,7 +196,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def keyrotor_env(tmp: Path, database_url: str, redis_url: str | None, **settings: str) -> dict[str, str]:
+def keyrotor_env(
+    tmp: Path, database_url: str, redis_url: str | None, **settings: str
+) -> dict[str, str]:
     """The environment of a keyrotor child process: only the settings given, nothing inherited
     from the caller's KEYROTOR_* variables."""
     values = {
@@ -255,7 +257,9 @@ class Process:
             os.killpg(self.popen.pid, signal.SIGKILL)  # pool children of a killed parent
 
 
-def spawn(name: str, argv: list[str], env: dict[str, str], folder: Path, cwd: Path | None = None) -> Process:
+def spawn(
+    name: str, argv: list[str], env: dict[str, str], folder: Path, cwd: Path | None = None
+) -> Process:
     log_path = folder / f"{name}.log"
     log = open(log_path, "ab")  # noqa: SIM115 - the child holds it; closed when we exit
     popen = subprocess.Popen(
@@ -426,3 +430,14 @@ def seed_realms(service: Service, count: int, algo: str, *, batch: int = 1000) -
             session.flush()  # realms before their keys: no ORM relationship orders them
             session.add_all(rows)
     return realm_ids
+
+
+def sqlite_service(folder: Path) -> Service:
+    """A service on a fresh SQLite file: for benchmarks whose hot path never reaches the
+    database (it is only where keys are loaded from)."""
+    from worker.sealing import MasterKeys
+    from worker.store.db import session_factory
+
+    engine = make_engine(f"sqlite:///{folder / 'keyrotor.db'}")
+    migrate(engine)
+    return Service(session_factory(engine), MasterKeys([secrets.token_bytes(32)]))

@@ -128,6 +128,25 @@ def test_a_whole_worker_killed_mid_rotation_is_finished_by_the_next_run(
     assert reasons(stack, realm_id) == ["realm.created", "key.created"]
 
 
+def test_a_rotation_lost_with_a_killed_worker_is_queued_again_within_a_few_ticks(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Found by the chaos run: beat's claim on a queued realm lasted 60 s, so a message lost
+    with a SIGKILLed worker (unacknowledged until the visibility timeout) held the realm's
+    rotation back for a minute. The claim now lapses after three ticks (3 s here)."""
+    marker = tmp_path / "paused"
+    stack.worker("paused", "--concurrency", "1", script=PAUSED_WORKER, PAUSE_MARKER=str(marker))
+    realm_id = make_due_soon(stack, "acme")
+    stack.beat("beat1")  # rotate_due claims the realm and queues it; the paused worker takes it
+    wait_for(lambda: marker.exists(), 15, "the pause")
+    stack.stop("paused", signal.SIGKILL)
+    killed_at = time.monotonic()
+    stack.worker("w2")
+    wait_for(lambda: len(states(stack, "acme")) == 2, 15, "beat to queue the realm again")
+    assert time.monotonic() - killed_at < 15
+    assert reasons(stack, realm_id) == ["realm.created", "key.created"]
+
+
 def test_revoke_replaces_the_active_key_at_once_and_promotes_a_pending_one(stack: Stack) -> None:
     stack.worker("w1")
     realm = stack.service.create_realm(

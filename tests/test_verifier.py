@@ -14,17 +14,26 @@ from typing import Any
 
 import jwt
 import pytest
+import redis
 from cryptography.hazmat.primitives import serialization
 
 from tests.support.events import Collector, Events, make_events
 from tests.support.jwks_http import serve_jwks
 from worker import keys
-from worker.errors import InvalidToken, NotFound
+from worker.errors import InvalidInput, InvalidToken, NotFound
 from worker.lifecycle import State
 from worker.service import Service
 from worker.signer import Signer
 from worker.subscriber import Subscriber
-from worker.verifier import HttpKeys, KeyCache, KeySet, KeySource, RedisKeys, ServiceKeys
+from worker.verifier import (
+    HttpKeys,
+    KeyCache,
+    KeySet,
+    KeySource,
+    RedisKeys,
+    ServiceKeys,
+    parse_jwks,
+)
 
 
 @pytest.fixture
@@ -180,6 +189,59 @@ def test_unknown_kids_cost_one_fetch_per_cooldown_not_one_per_token(
     assert source.fetches == 3
 
 
+@dataclass
+class Flaky:
+    """A key source that fails while `down`, as the Redis copy does during a restart."""
+
+    source: KeySource
+    down: bool = False
+    fetches: int = 0
+
+    def fetch(self, realm: str) -> KeySet:
+        self.fetches += 1
+        if self.down:
+            raise redis.ConnectionError("Redis is restarting")
+        return self.source.fetch(realm)
+
+
+def test_a_failed_fetch_is_retried_after_a_second_not_after_a_whole_cooldown(
+    wire: Events, acme: Realm
+) -> None:
+    """Found by the chaos run: a verifier whose first fetch met a Redis restart refused every
+    token of that realm for the whole cooldown, long after Redis was back."""
+    ticks = Ticks()
+    source = Flaky(RedisKeys(wire.redis), down=True)
+    cache = KeyCache(source, clock=ticks, refetch_cooldown=timedelta(seconds=5))
+    token = acme.token()
+    with pytest.raises(InvalidToken, match="unknown key"):
+        cache.verify(acme.id, token)
+    source.down = False
+    ticks.now += 0.5
+    with pytest.raises(InvalidToken, match="unknown key"):  # one attempt a second, not a flood
+        cache.verify(acme.id, token)
+    assert source.fetches == 1
+    ticks.now += 0.6
+    assert cache.verify(acme.id, token)
+    assert source.fetches == 2
+
+
+def test_keys_an_event_announced_but_its_refresh_missed_are_fetched_within_a_second(
+    wire: Events, service: Service, acme: Realm
+) -> None:
+    ticks = Ticks()
+    source = Flaky(RedisKeys(wire.redis))
+    cache = KeyCache(source, clock=ticks, refetch_cooldown=timedelta(seconds=5))
+    cache.verify(acme.id, acme.token())
+    service.rotate("acme", force=True)
+    wire.send()
+    (event,) = [e for e in wire.stream() if e["reason"] == "key.rotated"]
+    source.down = True
+    cache.on_event(event)  # the refresh it starts fails
+    source.down = False
+    ticks.now += 1.1  # well within the cooldown since the first load
+    assert cache.verify(acme.id, acme.token())
+
+
 def test_the_algorithm_is_the_keys_own_whatever_the_token_says(acme: Realm, wire: Events) -> None:
     cache = KeyCache(RedisKeys(wire.redis))
     cache.verify(acme.id, acme.token())
@@ -289,3 +351,19 @@ def test_service_keys_verify_hmac_realms_too(service: Service) -> None:
     cache = KeyCache(ServiceKeys(service))
     assert cache.verify(realm.id, realm.token(sub="s"))["sub"] == "s"
     assert cache.kids(realm.id) == [realm.active()]
+
+
+def test_a_jwks_member_with_an_odd_alg_is_skipped_and_the_others_still_load() -> None:
+    """Found by fuzzing: `"alg": []` raised TypeError out of parse_jwks (and out of
+    `KeyCache.verify`), so one garbled member made a whole realm unverifiable."""
+    material = keys.generate("es256")
+    assert material.public_pem is not None
+    member = keys.public_jwk("es256", "jky_good", material.public_pem)
+    odd = [{"kid": "a", "alg": []}, {"kid": "b", "alg": {}}, {"kid": [], "alg": "ES256"}]
+    assert list(parse_jwks({"keys": [*odd, member]})) == ["jky_good"]
+
+
+@pytest.mark.parametrize("document", [b"\xff\xfe", "{", "[" * 100_000, "[]", '{"keys": {}}'])
+def test_a_document_that_is_no_jwks_is_invalid_input(document: str | bytes) -> None:
+    with pytest.raises(InvalidInput):
+        parse_jwks(document)

@@ -7,6 +7,7 @@ publication never replaces a newer one.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -36,7 +37,9 @@ RETRY: dict[str, Any] = {
     "max_retries": None,
 }
 DUE_PAGE = 500
-CLAIM_SECONDS = 60
+# A queued realm is not queued again for this many ticks (unless its task ends first): a
+# message lost with a SIGKILLed worker delays the realm by a few ticks, not by a minute.
+CLAIM_TICKS = 3
 
 
 @dataclass(frozen=True)
@@ -125,13 +128,14 @@ def rotate_due() -> int:
     """Fan out one `rotate_realm` per due realm, walking the index a page at a time."""
     ctx = context()
     now = ctx.service.clock()
+    claim = max(1, math.ceil(CLAIM_TICKS * ctx.settings.tick.total_seconds()))
     sent = 0
     after = None
     while page := ctx.service.due_realm_ids(now, after=after, limit=DUE_PAGE):
         for _, realm_id in page:
             # A realm already queued is not queued again until its task ends (or the claim
             # lapses after a crash), so a backlog cannot grow by one message per tick.
-            if ctx.publisher.redis.set(_claim_key(realm_id), 1, nx=True, ex=CLAIM_SECONDS):
+            if ctx.publisher.redis.set(_claim_key(realm_id), 1, nx=True, ex=claim):
                 rotate_realm.delay(realm_id)
                 sent += 1
         after = page[-1]

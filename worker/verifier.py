@@ -4,7 +4,9 @@ Keys come from the published JWKS (the Redis copy, or an HTTP JWKS URL for servi
 see HTTP) and are parsed once. An event refreshes its realm; `key.revoked` drops the keys it
 names at once, before the refetch, and a key found revoked never comes back from a stale copy.
 An unknown `kid` triggers one refetch per realm per cooldown, so a flood of made-up kids
-cannot become a flood of fetches (PyJWT's `PyJWKClient` refetches on every one).
+cannot become a flood of fetches (PyJWT's `PyJWKClient` refetches on every one). A fetch that
+failed (Redis away for a moment), or a copy an event has announced newer keys than, is tried
+again after `retry_after` (1 s) instead: made-up kids cannot cause either.
 
 Verification pins the algorithm to the key's own `alg`, so a token cannot choose how it is
 checked (no `none`, no RS256 key used as an HMAC secret).
@@ -12,6 +14,7 @@ checked (no `none`, no RS256 key used as an HMAC secret).
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -27,7 +30,7 @@ import jwt
 import redis
 
 from worker import keys
-from worker.errors import InvalidToken, KeyrotorError, NotFound
+from worker.errors import InvalidInput, InvalidToken, KeyrotorError, NotFound
 
 if TYPE_CHECKING:
     from worker.service import Service
@@ -36,7 +39,9 @@ log = logging.getLogger("keyrotor.verifier")
 
 MAX_TOKEN_BYTES = 8 * 1024
 MAX_JWKS_BYTES = 1024 * 1024
+HEADERS_REMEMBERED = 1024
 REFETCH_COOLDOWN = timedelta(seconds=5)
+RETRY_AFTER = timedelta(seconds=1)
 CLOCK_SKEW = timedelta(seconds=60)
 ASYMMETRIC_ALGS = frozenset(alg for algo, alg in keys.JWT_ALG.items() if algo != "hs256")
 
@@ -65,16 +70,22 @@ class KeySource(Protocol):
 
 
 def parse_jwks(document: str | bytes | Mapping[str, Any]) -> dict[str, VerifyingKey]:
-    """Parse a JWKS once; members that are not asymmetric signing keys are skipped."""
-    data = json.loads(document) if isinstance(document, str | bytes) else document
+    """Parse a JWKS once; members that are not asymmetric signing keys are skipped, and a
+    document that is no JWKS at all is InvalidInput."""
+    try:
+        data = json.loads(document) if isinstance(document, str | bytes) else document
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested beyond reason
+        raise InvalidInput("JWKS document is not JSON") from None
     members = data.get("keys") if isinstance(data, Mapping) else None
     if not isinstance(members, list):
-        raise ValueError("not a JWKS document")
+        raise InvalidInput("not a JWKS document")
     parsed = {}
     for member in members:
         kid = member.get("kid") if isinstance(member, Mapping) else None
         alg = member.get("alg") if isinstance(member, Mapping) else None
-        if not isinstance(kid, str) or alg not in ASYMMETRIC_ALGS:
+        # isinstance first: `[] in frozenset()` is a TypeError, and one odd member must not
+        # make a whole realm unverifiable
+        if not isinstance(kid, str) or not isinstance(alg, str) or alg not in ASYMMETRIC_ALGS:
             log.warning("skipped a JWKS member without kid or with alg %r", alg)
             continue
         try:
@@ -125,7 +136,7 @@ class HttpKeys:
                 raise NotFound(f"Realm {realm} publishes no JWKS") from None
             raise
         if len(document) > MAX_JWKS_BYTES:
-            raise ValueError("JWKS document is too large")
+            raise InvalidInput("JWKS document is too large")
         return KeySet(parse_jwks(document))
 
 
@@ -179,6 +190,7 @@ class KeyCache:
         *,
         clock_skew: timedelta = CLOCK_SKEW,
         refetch_cooldown: timedelta = REFETCH_COOLDOWN,
+        retry_after: timedelta = RETRY_AFTER,
         max_age: timedelta | None = None,
         max_token_bytes: int = MAX_TOKEN_BYTES,
         clock: Callable[[], float] = time.monotonic,
@@ -186,13 +198,18 @@ class KeyCache:
         self.source = source
         self.clock_skew = clock_skew
         self.cooldown = refetch_cooldown.total_seconds()
+        self.retry_after = min(retry_after, refetch_cooldown).total_seconds()
         self.max_age = max_age.total_seconds() if max_age is not None else None
         self.max_token_bytes = max_token_bytes
         self.clock = clock
         self._realms: dict[str, _Realm] = {}
         self._revoked: dict[str, set[str]] = {}
         self._last_fetch: dict[str, float] = {}
+        self._failed: set[str] = set()  # realms whose last fetch failed
         self._lock = threading.Lock()
+        # Header segment -> (kid, alg): every token of a key has the same header, and parsing
+        # it was most of what verify added to `jwt.decode` (bench/README.md, verifying).
+        self._headers: dict[str, tuple[object, object]] = {}
 
     @classmethod
     def from_redis(cls, redis_url: str, **options: Any) -> KeyCache:
@@ -215,17 +232,24 @@ class KeyCache:
         """The token's claims, or InvalidToken with a one-line reason."""
         if len(token) > self.max_token_bytes:
             raise InvalidToken(f"token is too large (over {self.max_token_bytes} bytes)")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError:
-            raise InvalidToken("token is malformed") from None
-        kid, alg = header.get("kid"), header.get("alg")
+        kid, alg = self._kid_and_alg(token)
         if not isinstance(kid, str) or not kid:
             raise InvalidToken("token header has no kid")
         key = self.key(realm, kid)
         if alg != key.alg:
             raise InvalidToken(f"token alg {alg!r} does not match key {kid} ({key.alg})")
         return decode(token, key, audience=audience, issuer=issuer, leeway=self.clock_skew)
+
+    def _kid_and_alg(self, token: str) -> tuple[object, object]:
+        head = token.partition(".")[0]
+        known = self._headers.get(head)
+        if known is None:
+            header = unverified_header(token)
+            known = (header.get("kid"), header.get("alg"))
+            if len(self._headers) >= HEADERS_REMEMBERED:
+                self._headers.clear()  # made-up headers cannot grow it past the bound
+            self._headers[head] = known
+        return known
 
     def key(self, realm: str, kid: str) -> VerifyingKey:
         """The cached key, refetching the realm once per cooldown when it is unknown or stale."""
@@ -237,7 +261,11 @@ class KeyCache:
                 return key
             if kid in self._revoked.get(realm, ()):
                 raise InvalidToken(f"key {kid} is revoked")
-            if now - self._last_fetch.get(realm, float("-inf")) < self.cooldown:
+            # Soon again after a failed fetch, or when an event announced newer keys; else only
+            # once per cooldown, which is all that made-up kids can cause.
+            soon = realm in self._failed or (cached is not None and _behind(cached))
+            wait = self.retry_after if soon else self.cooldown
+            if now - self._last_fetch.get(realm, float("-inf")) < wait:
                 if key is not None:
                     return key  # stale but not disowned: better than refusing every token
                 raise InvalidToken(f"unknown key {kid} in realm {realm}")
@@ -253,7 +281,7 @@ class KeyCache:
     def _stale(self, cached: _Realm | None, now: float) -> bool:
         if cached is None:
             return True
-        if cached.jwks_version is not None and cached.jwks_version < cached.wanted_version:
+        if _behind(cached):
             return True
         return self.max_age is not None and now - cached.fetched_at > self.max_age
 
@@ -280,24 +308,28 @@ class KeyCache:
                 cached.keys = {k: v for k, v in cached.keys.items() if k not in named}
         self.refresh(realm)
 
-    def refresh(self, realm: str) -> None:
-        """Refetch one realm now; a failure keeps what is cached and is logged."""
+    def refresh(self, realm: str) -> bool:
+        """Refetch one realm now; a failure keeps what is cached, is logged, and is False."""
         try:
             fetched = self.source.fetch(realm)
         except NotFound:
             with self._lock:
                 self._realms.pop(realm, None)
-            return
+                self._failed.discard(realm)
+            return True
         except (KeyrotorError, redis.RedisError, OSError, ValueError) as error:
             log.warning("keys of realm %s not refreshed (%s)", realm, error)
-            return
+            with self._lock:
+                self._failed.add(realm)
+            return False
         now = self.clock()
         with self._lock:
+            self._failed.discard(realm)
             cached = self._realms.get(realm)
             if cached is None:
                 cached = self._realms[realm] = _Realm({}, None, now)
             elif _older(fetched.jwks_version, cached.jwks_version):
-                return  # never step back to an older copy than the one held
+                return True  # never step back to an older copy than the one held
             fresh = fetched.jwks_version is None or fetched.jwks_version >= cached.wanted_version
             revoked = self._revoked.setdefault(realm, set())
             if fresh:
@@ -307,6 +339,7 @@ class KeyCache:
             cached.keys = {k: v for k, v in fetched.keys.items() if k not in kept_out}
             cached.jwks_version = fetched.jwks_version
             cached.fetched_at = now
+        return True
 
     def refresh_all(self) -> None:
         """Refetch every cached realm: after a gap in the event stream."""
@@ -320,6 +353,30 @@ class KeyCache:
         with self._lock:
             cached = self._realms.get(realm)
             return sorted(cached.keys) if cached else []
+
+
+def _behind(cached: _Realm) -> bool:
+    """An event announced a newer `jwks_version` than the copy held."""
+    return cached.jwks_version is not None and cached.jwks_version < cached.wanted_version
+
+
+def unverified_header(token: str) -> dict[str, Any]:
+    """The token's header alone, to pick its key; `jwt.decode` checks it again, strictly.
+
+    PyJWT's `get_unverified_header` decodes every segment and checks each character in Python:
+    for an RS256 token as slow as the signature check, and `jwt.decode` repeats it
+    (bench/README.md, verifying).
+    """
+    head, dot, rest = token.partition(".")
+    if not dot or rest.count(".") != 1:
+        raise InvalidToken("token is malformed")
+    try:
+        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    except (ValueError, RecursionError):
+        raise InvalidToken("token is malformed") from None
+    if not isinstance(header, dict):
+        raise InvalidToken("token is malformed")
+    return header
 
 
 def _older(fetched: int | None, held: int | None) -> bool:

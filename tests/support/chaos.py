@@ -429,6 +429,11 @@ class Chaos:
                 )
                 for realm_id in self.sampled
             }
+            for realm_id, client in self.jwk_clients.items():
+                # verifiers that were up before the faults: a cache that never held a realm's
+                # keys cannot verify its tokens while Redis restarts, whatever keyrotor does
+                assert self.cache.refresh(realm_id)
+                client.get_jwk_set()
             rotations_before = self._count_rotations()
             self._run_under_faults()
             figures.rotations = self._count_rotations() - rotations_before
@@ -555,7 +560,9 @@ class Chaos:
                 self.failures.append(f"fault {fault.__name__} not injected: {error!r}")
 
     def _kill_one(self, rng: random.Random) -> None:
-        role = rng.choice(["w1", "w2", "b1", "b2"])
+        """A worker, then a beat, then a worker...: which one of the two is chance."""
+        kind = "w" if self.figures.worker_kills <= self.figures.beat_kills else "b"
+        role = kind + rng.choice("12")
         self.stack.stop(self.roles[role], signal.SIGKILL)
         with self.lock:
             if role.startswith("w"):
@@ -791,6 +798,10 @@ class Chaos:
             process = self.stack.procs.get(name)
             if process is None or process.poll() is not None:
                 self.figures.dead_processes.append(role)
+                code = process.poll() if process is not None else None
+                last = self.stack.log(name).splitlines()[-12:]
+                self.figures.notes.append(f"{name} ended with {code}; its log ends:")
+                self.figures.notes += [f"  {line[:300]}" for line in last]
         web = self.stack.procs.get("web")
         if web is None or web.poll() is not None:
             self.figures.dead_processes.append("web")

@@ -52,6 +52,7 @@ FIELD_NAMES = {
 FIELD_MESSAGES = {"max_results": "Max results must be between 1 and 100"}
 DURATION_FIELDS = ("rotation_period", "prepublish", "grace", "max_token_ttl")
 ERRORS_REF = "#/components/schemas/Errors"
+BODY_NOT_PARSED = "There was an error parsing the body"
 
 
 def create_app(
@@ -182,6 +183,9 @@ def _map_errors(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     def http_error(_: Request, error: HTTPException) -> JSONResponse:
+        if error.status_code == 400 and error.detail == BODY_NOT_PARSED:
+            # FastAPI's answer to a body that is not even text (bad UTF-8): invalid input too
+            return errors(422, "Body is not valid JSON")
         words = {404: "Not found", 405: "Method not allowed"}.get(error.status_code)
         headers = dict(error.headers) if error.headers else None
         return errors(error.status_code, words or str(error.detail), headers=headers)
