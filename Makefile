@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint unit bench chaos clean lock
+.PHONY: run test lint unit bench chaos fuzz clean lock
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -24,6 +24,17 @@ lint: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest
+
+# Five minutes of faults (tests/support/chaos.py) and the figures; on PostgreSQL when
+# KEYROTOR_TEST_POSTGRES_URL is set, else SQLite. `make test` runs one minute of it.
+chaos: $(STAMP)
+	$(BIN)/python -m tests.support.chaos --minutes 5
+
+# The fuzzers at full strength: 2,000 schemathesis cases (300 in `make test`) and 2,000
+# hypothesis examples per property (200), with the attack catalogue.
+fuzz: $(STAMP)
+	KEYROTOR_FUZZ_CASES=2000 KEYROTOR_FUZZ_EXAMPLES=2000 $(BIN)/pytest -q -s \
+	  tests/http/test_openapi_fuzz.py tests/test_fuzz.py tests/test_attacks.py
 
 # The image's pinned runtime dependencies: a fresh venv with the project alone (no dev tools).
 lock:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -42,7 +43,7 @@ from worker.store.models import AdminKey, Event, JwtKey, Realm
 from worker.verifier import KeyCache, KeySet, parse_jwks
 
 FUZZ = settings(
-    max_examples=200,
+    max_examples=int(os.environ.get("KEYROTOR_FUZZ_EXAMPLES", "200")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import select
 
-from tests.support.stack import Stack, make_stack, wait_for
+from tests.support.stack import ROOT, Stack, make_stack, wait_for
 from worker.lifecycle import State
 from worker.service import utcnow
 from worker.store.db import transaction
@@ -227,3 +229,16 @@ def test_redis_down_during_a_rotation_does_not_undo_it_and_reconcile_republishes
         stack.close()
         if server.is_running():
             server.stop()
+
+
+def test_rotate_due_keeps_no_result_handle_per_message_it_sends() -> None:
+    """With Celery's default `trail`, a worker kept an AsyncResult in the request for every
+    `rotate_realm` the fan-out sent, so its memory grew with the number of due realms
+    (bench/README.md: memory). Importing the tasks needs only a broker URL, not a broker."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYROTOR_")}
+    env.update(KEYROTOR_REDIS_URL="redis://127.0.0.1:1/0", PYTHONPATH=str(ROOT))
+    code = "from worker import tasks; print(tasks.rotate_due.trail)"
+    found = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip() == "False"

@@ -318,6 +318,31 @@ def test_malformed_oversized_and_kidless_tokens_are_refused_without_a_fetch(
         cache.verify(acme.id, tampered)
 
 
+def test_the_header_is_read_once_per_kid_and_still_checked_strictly_by_decode(
+    acme: Realm, wire: Events
+) -> None:
+    # verify once parsed every token twice (PyJWT's get_unverified_header, then decode): a
+    # third of an RS256 verification (bench/README.md: verifying). Headers are remembered
+    # now, boundedly, and a remembered header never lets a bad token through.
+    cache = KeyCache(RedisKeys(wire.redis))
+    token = acme.token(sub="u1")
+    assert cache.verify(acme.id, token)["sub"] == "u1"
+    head, _, rest = token.partition(".")
+    with pytest.raises(InvalidToken, match="signature"):
+        cache.verify(acme.id, f"{head}.{rest[:-4]}AAAA")
+    with pytest.raises(InvalidToken, match="invalid"):
+        cache.verify(acme.id, f"{head}.{rest}.extra")
+    list_header = base64.urlsafe_b64encode(b"[1]").rstrip(b"=").decode()
+    with pytest.raises(InvalidToken, match="malformed"):
+        cache.verify(acme.id, f"{list_header}.{rest}")
+    for n in range(2000):
+        made_up = base64.urlsafe_b64encode(json.dumps({"n": n}).encode()).rstrip(b"=").decode()
+        with pytest.raises(InvalidToken, match="no kid"):
+            cache.verify(acme.id, f"{made_up}.{rest}")
+    assert len(cache._headers) <= 1024
+    assert cache.verify(acme.id, token)["sub"] == "u1"
+
+
 def test_keys_over_http_for_verifiers_that_only_see_http(
     acme: Realm, wire: Events, service: Service
 ) -> None:

@@ -1,0 +1,68 @@
+"""The two HTTP servers the JWKS benchmark compares, each run as `python -m bench.servers`.
+
+`keyrotor PORT` is the real app through `worker.http.app.serve` (what `keyrotor web` runs);
+`bare PORT FILE` is a Starlette route answering the bytes in FILE, under the same uvicorn
+settings: one process, the configured log level, no server header. `fastapi-async` and
+`fastapi-sync` answer the same bytes from a FastAPI route (`async def`, and a plain `def` run
+in the thread pool, as the JWKS route is): they show where the route's time goes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from worker.settings import load_settings
+
+
+def main(argv: list[str]) -> None:
+    kind, port = argv[0], int(argv[1])
+    settings = load_settings()
+    if kind == "keyrotor":
+        from worker.http.app import serve
+
+        serve(settings, host="127.0.0.1", port=port)
+        return
+    import uvicorn
+    from fastapi import FastAPI
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    document = Path(argv[2]).read_bytes()
+    path = "/realms/{realm}/.well-known/jwks.json"
+    app: Any
+    if kind == "bare":
+
+        async def constant(_: Request) -> Response:
+            return Response(document, media_type="application/json")
+
+        app = Starlette(routes=[Route(path, constant)])
+    elif kind == "fastapi-async":
+        app = FastAPI()
+
+        @app.get(path)
+        async def constant_async(realm: str) -> Response:
+            return Response(document, media_type="application/json")
+
+    elif kind == "fastapi-sync":
+        app = FastAPI()
+
+        @app.get(path)
+        def constant_sync(realm: str) -> Response:
+            return Response(document, media_type="application/json")
+
+    else:
+        raise SystemExit(f"unknown server {kind!r}")
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level=settings.log_level.lower(),
+        server_header=False,
+    )
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
