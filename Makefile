@@ -25,6 +25,12 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
+# The benchmarks (bench/README.md): each figure a median of 5 runs, each target a ratio to a
+# baseline measured in the same run; ~12 minutes. Needs PostgreSQL (KEYROTOR_BENCH_POSTGRES_URL,
+# default postgresql://postgres@127.0.0.1:5432/test); starts its own Valkey. Never in `make test`.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
 # Five minutes of faults (tests/support/chaos.py) and the figures; on PostgreSQL when
 # KEYROTOR_TEST_POSTGRES_URL is set, else SQLite. `make test` runs one minute of it.
 chaos: $(STAMP)

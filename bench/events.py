@@ -54,6 +54,9 @@ class Arrivals:
         self.count = 0
         self._lock = threading.Lock()
 
+    def wait(self, wanted: tuple[str, int], timeout: float = 5.0) -> float:
+        return wait_for(lambda: self.at.get(wanted), timeout, "the event", every=0.0002)
+
     def __call__(self, event: dict[str, Any]) -> None:
         now = time.perf_counter()
         with self._lock:
@@ -61,9 +64,7 @@ class Arrivals:
             self.count += 1
 
 
-def commit_to_callback(
-    dep: Deployment, relay: Relay, arrivals: Arrivals
-) -> dict[str, list[float]]:
+def commit_to_callback(dep: Deployment, relay: Relay, arrivals: Arrivals) -> dict[str, list[float]]:
     """Seconds from each commit returning to the subscriber's callback for its event, and
     the two stages: the JWKS published, then the event read from the outbox, relayed and
     called back (the callback often runs before the relay has stamped the rows)."""
@@ -78,8 +79,7 @@ def commit_to_callback(
         publish_realm(dep.service, publisher, realm_id)  # what the task does next
         published = time.perf_counter()
         relay_after_commit(relay)
-        wanted = (realm_id, change.jwks_version)
-        arrived = wait_for(lambda: arrivals.at.get(wanted), 5, "the event", every=0.0002)
+        arrived = arrivals.wait((realm_id, change.jwks_version))
         stages["total"].append(arrived - committed)
         stages["publish"].append(published - committed)
         stages["deliver"].append(arrived - published)
@@ -89,7 +89,7 @@ def commit_to_callback(
 def bare_publish(url: str) -> list[float]:
     """Seconds from PUBLISH to a listening thread's receipt: the loopback floor."""
     client = redis.Redis.from_url(url)
-    listener = client.pubsub(ignore_subscribe_messages=True)
+    listener = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
     listener.subscribe("bench:anchor")
     received: dict[int, float] = {}
     ready = threading.Event()

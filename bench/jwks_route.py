@@ -117,7 +117,7 @@ def run() -> Report:
     report.add(
         "JWKS route, 200 with the document",
         rate(median(runs["real"]), " req/s"),
-        f"≥ {TARGET}× bare",
+        f"≥ {TARGET}x bare",
         ratio >= TARGET,
         f"{x(ratio)} of the bare route; median of {RUNS} alternating pairs",
     )
@@ -148,4 +148,3 @@ def run() -> Report:
     )
     report.data.update(runs=runs, ratios=ratios, p50=p50s, p99=p99s, bare_p50=bare_p50s)
     return report
-

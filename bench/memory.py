@@ -103,7 +103,7 @@ def run() -> Report:
     report.add(
         f"  the same with {FEWER_DUE:,} due",
         mib(median(peaks[FEWER_DUE])),
-        note=f"{DUE // FEWER_DUE}× the due realms: {mib(peak - median(peaks[FEWER_DUE]))} more",
+        note=f"{DUE // FEWER_DUE}x the due realms: {mib(peak - median(peaks[FEWER_DUE]))} more",
     )
     report.add(
         "  the pool process idle, before the first run",

@@ -12,13 +12,23 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.support import RUNS, ROOT, Report, console, machine, print_report, verdict
+from bench.support import (
+    POSTGRES_URL,
+    ROOT,
+    RUNS,
+    Report,
+    console,
+    machine,
+    print_report,
+    verdict,
+)
 
 BENCHMARKS = (
     "rotation",
@@ -31,19 +41,35 @@ BENCHMARKS = (
     "cold_start",
 )
 RESULTS = ROOT / "bench" / "results"
+WITHOUT_POSTGRES = {"signing", "cold_start"}
 
 
 def run_one(name: str) -> Report:
     module = importlib.import_module(f"bench.{name}")
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     try:
         report: Report = module.run()
-    except Exception:
+    except Exception as error:
         report = Report(name, f"{name}: FAILED")
-        report.add("benchmark", "failed", "runs", False, traceback.format_exc().splitlines()[-1])
+        why = (str(error).strip().splitlines() or [""])[0]
+        report.add("benchmark", "failed", "runs", False, f"{error.__class__.__name__}: {why}")
         report.details.append(traceback.format_exc())
     report.seconds = time.perf_counter() - started
+    # The machine is shared: the 1-minute load average says how busy it was meanwhile.
+    report.data["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     return report
+
+
+def postgres_answers() -> str | None:
+    """None when the bench database answers, else why not."""
+    import psycopg
+
+    try:
+        psycopg.connect(POSTGRES_URL, connect_timeout=5).close()
+    except Exception as error:
+        return f"{error.__class__.__name__}: {str(error).strip().splitlines()[0]}"
+    return None
 
 
 def summary(reports: list[Report]) -> None:
@@ -67,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args(argv)
     names = args.names or list(BENCHMARKS)
+    if set(names) - WITHOUT_POSTGRES and (problem := postgres_answers()):
+        sys.stderr.write(
+            f"error: PostgreSQL at {POSTGRES_URL} does not answer ({problem});"
+            " start it or set KEYROTOR_BENCH_POSTGRES_URL\n"
+        )
+        return 2
     host = machine()
     console.print(
         f"keyrotor benchmarks: {', '.join(names)}; {RUNS} runs a figure;"

@@ -41,19 +41,19 @@ def main(argv: list[str]) -> None:
 
         app = Starlette(routes=[Route(path, constant)])
     elif kind == "fastapi-async":
-        app = FastAPI()
 
-        @app.get(path)
         async def constant_async(realm: str) -> Response:
             return Response(document, media_type="application/json")
 
-    elif kind == "fastapi-sync":
         app = FastAPI()
+        app.add_api_route(path, constant_async)
+    elif kind == "fastapi-sync":
 
-        @app.get(path)
         def constant_sync(realm: str) -> Response:
             return Response(document, media_type="application/json")
 
+        app = FastAPI()
+        app.add_api_route(path, constant_sync)
     else:
         raise SystemExit(f"unknown server {kind!r}")
     uvicorn.run(
@@ -63,6 +63,7 @@ def main(argv: list[str]) -> None:
         log_level=settings.log_level.lower(),
         server_header=False,
     )
+
 
 if __name__ == "__main__":
     main(sys.argv[1:])

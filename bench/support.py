@@ -144,7 +144,7 @@ def rate(per_second: float, unit: str = "/s") -> str:
 
 
 def x(ratio: float) -> str:
-    return f"{ratio:.2f}×"
+    return f"{ratio:.2f}x"
 
 
 # -- backends ------------------------------------------------------------------------------------
@@ -334,7 +334,7 @@ def machine() -> dict[str, str]:
     }
 
 
-# -- a deployment: database schema, Redis, settings, the service ------------------------------------
+# -- a deployment: database schema, Redis, settings, the service -----------------------------
 
 
 @dataclass

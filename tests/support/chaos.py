@@ -454,6 +454,9 @@ class Chaos:
                 subscriber.stop()
             if stack is not None:
                 stack.close()
+                stack.service.sessions.kw["bind"].dispose()
+            if hasattr(self, "checker"):
+                self.checker.sessions.kw["bind"].dispose()
             self.redis_server.stop()
             self.db.drop()
         return figures
