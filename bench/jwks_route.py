@@ -9,6 +9,7 @@ JWKS route saturates at.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ from bench.support import (
     Deployment,
     Process,
     Report,
+    cpu_seconds,
     deployment,
     free_port,
     median,
@@ -26,6 +28,7 @@ from bench.support import (
     percentile,
     rate,
     spawn,
+    us,
     wait_for,
     x,
 )
@@ -67,6 +70,15 @@ def saturate(url: str, headers: dict[str, str] | None = None) -> float:
     return closed_loop_rate(url, SECONDS, CONNECTIONS, headers or {})
 
 
+def saturate_counting(server: Process, url: str, cpu: list[float]) -> float:
+    """`saturate`, also noting the server's CPU seconds per request in `cpu`."""
+    before, started = cpu_seconds(server.popen.pid), time.perf_counter()
+    per_second = saturate(url)
+    spent, elapsed = cpu_seconds(server.popen.pid) - before, time.perf_counter() - started
+    cpu.append(spent / (per_second * elapsed))
+    return per_second
+
+
 def run() -> Report:
     report = Report("jwks_route", "JWKS route under load vs a bare route (uvicorn, 1 worker)")
     with deployment("jwks", log_level="WARNING") as dep:
@@ -89,9 +101,10 @@ def run() -> Report:
             assert httpx.get(real_url + path, headers=revalidate).status_code == 304
             runs: dict[str, list[float]] = {"real": [], "bare": [], "real_304": []}
             runs.update({kind: [] for kind in STEPS})
+            cpu: dict[str, list[float]] = {"real": [], "bare": []}
             for _ in range(RUNS):
-                runs["bare"].append(saturate(bare_url + path))
-                runs["real"].append(saturate(real_url + path))
+                runs["bare"].append(saturate_counting(bare, bare_url + path, cpu["bare"]))
+                runs["real"].append(saturate_counting(real, real_url + path, cpu["real"]))
                 runs["real_304"].append(saturate(real_url + path, revalidate))
                 for kind, (_, url) in steps.items():
                     runs[kind].append(saturate(url + path))
@@ -123,6 +136,11 @@ def run() -> Report:
     )
     report.add("bare route, constant bytes (async)", rate(median(runs["bare"]), " req/s"))
     report.add(
+        "server CPU per request: JWKS route vs bare route",
+        f"{us(median(cpu['real']))} vs {us(median(cpu['bare']))}",
+        note="user + system time of the uvicorn process",
+    )
+    report.add(
         "JWKS route, 304 on If-None-Match",
         rate(median(runs["real_304"]), " req/s"),
         note=f"{x(median(runs['real_304']) / median(runs['bare']))} of the bare route",
@@ -146,5 +164,7 @@ def run() -> Report:
         " the route reads the Redis copy (HMGET) in FastAPI's thread pool. Both servers log"
         " at WARNING (no access log), so the ratio is the route's own cost."
     )
-    report.data.update(runs=runs, ratios=ratios, p50=p50s, p99=p99s, bare_p50=bare_p50s)
+    report.data.update(
+        runs=runs, ratios=ratios, p50=p50s, p99=p99s, bare_p50=bare_p50s, cpu_per_request=cpu
+    )
     return report

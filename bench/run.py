@@ -61,6 +61,27 @@ def run_one(name: str) -> Report:
     return report
 
 
+def markdown(reports: list[Report], host: dict[str, str], runs: int) -> str:
+    """The tables as Markdown, ready for bench/README.md."""
+    lines = [
+        f"Machine: {host['nproc']} cores, {host['cpu']}, {host['memory']} RAM,"
+        f" Python {host['python']}; {runs} runs a figure.",
+        "",
+    ]
+    for report in reports:
+        lines += [
+            f"### {report.title}",
+            "",
+            "| figure | value | target | | note |",
+            "|---|---|---|---|---|",
+        ]
+        for row in report.rows:
+            cells = (row.figure, row.value, row.target, verdict(row.met), row.note)
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def postgres_answers() -> str | None:
     """None when the bench database answers, else why not."""
     import psycopg
@@ -123,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmarks": [report.as_dict() for report in reports],
     }
     args.output.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    args.output.with_suffix(".md").write_text(markdown(reports, host, RUNS))
     console.print(f"{total:.0f} s in all; results in {args.output}", markup=False)
     failed = any(report.title.endswith("FAILED") for report in reports)
     return 1 if failed else 0

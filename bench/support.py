@@ -7,6 +7,7 @@ runs, and each target is a ratio against a baseline measured in the same run, in
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import secrets
 import signal
@@ -30,10 +31,10 @@ from sqlalchemy import text
 from worker import ids, keys, lifecycle
 from worker.lifecycle import State
 from worker.runtime import build_service
-from worker.sealing import generate_master_key
+from worker.sealing import MasterKeys, generate_master_key
 from worker.service import Service
 from worker.settings import Settings, load_settings
-from worker.store.db import make_engine, migrate, transaction
+from worker.store.db import make_engine, migrate, session_factory, transaction
 from worker.store.models import JwtKey, Realm
 
 T = TypeVar("T")
@@ -57,15 +58,8 @@ def median(values: Sequence[float]) -> float:
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100): a real sample, never an interpolation."""
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
     return ordered[rank - 1]
-
-
-def timed(function: Callable[[], object]) -> float:
-    """Seconds one call takes, on the monotonic high-resolution clock."""
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
 
 
 # -- results -------------------------------------------------------------------------------------
@@ -435,9 +429,12 @@ def seed_realms(service: Service, count: int, algo: str, *, batch: int = 1000) -
 def sqlite_service(folder: Path) -> Service:
     """A service on a fresh SQLite file: for benchmarks whose hot path never reaches the
     database (it is only where keys are loaded from)."""
-    from worker.sealing import MasterKeys
-    from worker.store.db import session_factory
-
     engine = make_engine(f"sqlite:///{folder / 'keyrotor.db'}")
     migrate(engine)
     return Service(session_factory(engine), MasterKeys([secrets.token_bytes(32)]))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from celery import Celery
 
+from worker.broker import guard_detached_channels
 from worker.settings import Settings
 
 # Longer than any task time limit or retry delay, so Redis never redelivers a task that is
@@ -17,6 +18,7 @@ RELAY_EVERY = 2.0
 
 
 def make_app(settings: Settings, broker_url: str) -> Celery:
+    guard_detached_channels()  # a Redis restart must not end the worker (worker/broker.py)
     tick = settings.tick.total_seconds()
     sweep = min(60.0, tick * 6)
     app = Celery("keyrotor", broker=broker_url, include=["worker.tasks"])

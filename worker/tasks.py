@@ -124,7 +124,7 @@ def _claim_key(realm_id: str) -> str:
 
 
 # trail=False: Celery otherwise keeps an AsyncResult in `request.children` for every message
-# a task sends, so the fan-out's memory grew with the number of due realms (~0.8 KiB each,
+# a task sends, so the fan-out's memory grew with the number of due realms (~1 KiB each,
 # bench/README.md: memory). Results are ignored anyway.
 @app.task(name="keyrotor.rotate_due", trail=False, **RETRY)
 def rotate_due() -> int:

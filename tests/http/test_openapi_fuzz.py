@@ -2,8 +2,9 @@
 valid and invalid requests for every operation, and no answer may be a 5xx or stray outside
 the schema (status code, content type, headers, body).
 
-`KEYROTOR_FUZZ_CASES` sets how many cases in all (default 300 in `make test`; `make fuzz` runs
-2,000). Every case is counted, so a run that generated nothing fails.
+`KEYROTOR_FUZZ_CASES` sets how many cases in all: 300 by default (`make test`), on PostgreSQL
+when it is configured, else SQLite; from 1,000 on (`make fuzz`: 2,000) on every database. Every
+case is counted, so a run that generated nothing fails.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,8 +30,11 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from sqlalchemy import text
 
-from tests.http.conftest import Api
+from tests.conftest import BACKENDS, TABLES
+from tests.http.conftest import Api, serve
+from worker.store.db import make_engine
 
 CASES = int(os.environ.get("KEYROTOR_FUZZ_CASES", "300"))
 CHECKS = [
@@ -37,6 +44,22 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
+
+
+@pytest.fixture(params=BACKENDS if CASES >= 1000 else BACKENDS[-1:])
+def api(request: pytest.FixtureRequest, tmp_path: Path, redis_url: str) -> Iterator[Api]:
+    if request.param == "sqlite":
+        shutil.copy(request.getfixturevalue("sqlite_template"), tmp_path / "keyrotor.db")
+        yield from serve(tmp_path, f"sqlite:///{tmp_path / 'keyrotor.db'}", redis_url)
+        return
+    url = request.getfixturevalue("postgres_schema_url")
+    try:
+        yield from serve(tmp_path, url, redis_url)
+    finally:
+        engine = make_engine(url)
+        with engine.begin() as connection:
+            connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+        engine.dispose()
 
 
 @pytest.mark.slow

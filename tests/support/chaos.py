@@ -106,6 +106,7 @@ class ChaosConfig:
 class Figures:
     """Everything counted; `problems()` says which numbers make the run a failure."""
 
+    seed: int = 0
     backend: str = ""
     redis_server: str = ""
     duration_s: float = 0.0
@@ -178,6 +179,7 @@ class Figures:
         pg = self.pg_terminations if self.backend == "postgresql" else "n/a (SQLite)"
         rows: list[tuple[str, object]] = [
             ("backend", f"{self.backend}, {self.redis_server}"),
+            ("seed", self.seed),
             ("duration under faults", f"{self.duration_s:.0f} s"),
             ("realms", self.realms),
             ("-- faults injected", ""),
@@ -374,7 +376,7 @@ class Chaos:
         self.tmp = tmp
         self.postgres_url = postgres_url
         self.rng = random.Random(config.seed)
-        self.figures = Figures(realms=config.realms)
+        self.figures = Figures(realms=config.realms, seed=config.seed)
         self.lock = threading.Lock()
         self.stop_faults = threading.Event()
         self.stop_minting = threading.Event()
@@ -935,7 +937,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = run_chaos(config, tmp, args.postgres_url)
     print(figures.table())
     if args.json is not None:
-        args.json.write_text(json.dumps({"seed": seed, **asdict(figures)}, indent=2) + "\n")
+        args.json.write_text(json.dumps(asdict(figures), indent=2) + "\n")
     failed = bool(figures.problems())
     if failed or args.keep:
         print(f"logs and data kept in {tmp}")
