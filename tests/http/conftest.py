@@ -21,6 +21,7 @@ from tests.support.live import LiveServer, admin_token
 from tests.support.stack import Stack, make_stack
 from worker.admin_keys import AdminKeys
 from worker.http.app import create_app
+from worker.http.context import Recent
 from worker.store.db import make_engine
 
 # Production-like policy and caching (the stack's defaults are seconds-scale); es256 keys are
@@ -50,6 +51,8 @@ class Api:
     """Sends a fresh, valid admin token with every request."""
     anon: httpx.Client
     """Sends no credentials."""
+    recent: Recent
+    """The JWKS documents the app read lately (worker/http/context.py)."""
 
     def token(self, **options: Any) -> str:
         return admin_token(self.private_pem, self.kid, **options)
@@ -109,6 +112,7 @@ def serve(tmp_path: Path, database_url: str, redis_url: str, **overrides: str) -
                 private_pem=private_pem,
                 http=httpx.Client(base_url=server.url, timeout=30),
                 anon=httpx.Client(base_url=server.url, timeout=30),
+                recent=app.state.keyrotor.recent,
             )
             api.http.auth = _FreshToken(api)
             try:

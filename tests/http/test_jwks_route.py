@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -122,10 +123,30 @@ def test_without_a_redis_copy_the_database_answers_the_same(api: Api) -> None:
     realm = api.realm()
     published = api.anon.get(jwks_path(realm["id"]))
     api.stack.redis.delete(redis_key(realm["id"]))
+    api.recent.clear()
     fallback = api.anon.get(jwks_path(realm["id"]))
     assert fallback.status_code == 200
     assert fallback.content == published.content
     assert fallback.headers["ETag"] == published.headers["ETag"]
+
+
+def test_a_change_made_elsewhere_shows_once_the_recent_copy_lapses(api: Api) -> None:
+    realm = api.realm()
+    api.recent.seconds = 1.0  # (default 0.05 s) long enough to see the copy held
+    first = api.anon.get(jwks_path(realm["id"])).headers["ETag"]
+    api.stack.redis.hset(redis_key(realm["id"]), "etag", '"elsewhere"')  # as another publisher
+    assert api.anon.get(jwks_path(realm["id"])).headers["ETag"] == first
+    time.sleep(1.0)
+    assert api.anon.get(jwks_path(realm["id"])).headers["ETag"] == '"elsewhere"'
+
+
+def test_a_change_through_this_process_shows_at_once(api: Api) -> None:
+    api.realm()
+    api.recent.seconds = 60.0
+    before = api.anon.get(jwks_path("acme")).json()["keys"]
+    created = api.http.post("/v1/jwt_keys", json={"jwt_key": {"realm_id": "acme", "algo": "es256"}})
+    after = api.anon.get(jwks_path("acme")).json()["keys"]
+    assert {key["kid"] for key in after} == {key["kid"] for key in before} | {created.json()["id"]}
 
 
 def test_with_redis_unreachable_the_database_answers(api: Api) -> None:

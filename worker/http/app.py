@@ -14,6 +14,7 @@ from typing import Any
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
@@ -91,7 +92,7 @@ def create_app(
         redis=RedisHandle(settings, redis_client),
         clock=clock,
     )
-    app.include_router(jwks_route.router)
+    app.router.routes.extend(jwks_route.ROUTES)
     app.include_router(admin.router)
     app.include_router(health.router)
     _map_errors(app)
@@ -100,13 +101,16 @@ def create_app(
 
 
 def _document_errors_truthfully(app: FastAPI) -> None:
-    """FastAPI documents its own 422 body (`{"detail": [...]}`) wherever a route takes
-    parameters; ours is `{"errors": [...]}`, so the schema says that instead."""
-    build = app.openapi
+    """The OpenAPI document, truthful: it describes the JWKS route (a plain Starlette route,
+    which FastAPI does not see), and where FastAPI documents its own 422 body (`{"detail":
+    [...]}`) it says ours, `{"errors": [...]}`."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = build()
+            routes = [jwks_route.DOCUMENTED, *app.routes]
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=routes
+            )
             for path in schema.get("paths", {}).values():
                 for operation in path.values():
                     responses = operation.get("responses", {})

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import cast
 
 import redis
@@ -29,6 +30,8 @@ NAME_TTL_SECONDS = 60.0
 NAME_CACHE_SIZE = 10_000
 REDIS_TIMEOUT = 2.0
 REDIS_REST = 5.0
+RECENT_SECONDS = 0.05
+RECENT_SIZE = 10_000
 
 
 def clean_ref(value: str) -> str:
@@ -119,6 +122,42 @@ class NameCache:
             self._entries.pop(name, None)
 
 
+@dataclass(frozen=True)
+class Document:
+    body: bytes
+    etag: str
+    next_change_at: datetime | None
+
+
+@dataclass
+class Recent:
+    """The documents this process read in the last `seconds`, by the reference asked for."""
+
+    seconds: float = RECENT_SECONDS
+    size: int = RECENT_SIZE
+    _entries: dict[str, tuple[Document, float]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, ref: str) -> Document | None:
+        entry = self._entries.get(ref)
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]
+
+    def put(self, ref: str, document: Document) -> None:
+        if self.seconds <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self.size:
+                self._entries.clear()
+            self._entries[ref] = (document, time.monotonic() + self.seconds)
+
+    def clear(self) -> None:
+        """After a change through this process: the next request reads the new copy."""
+        with self._lock:
+            self._entries.clear()
+
+
 @dataclass
 class HttpContext:
     settings: Settings
@@ -128,11 +167,13 @@ class HttpContext:
     redis: RedisHandle
     clock: Clock
     names: NameCache = field(default_factory=NameCache)
+    recent: Recent = field(default_factory=Recent)
 
     def published(self, realm_id: str) -> None:
         """After a commit: publish the realm's JWKS, then relay its events. The change is
         committed whatever happens here; `reconcile_jwks` and `relay_events` catch up."""
         try:
+            self.recent.clear()
             wired = self.redis.publisher_and_relay(self.service)
             if wired is None:
                 return
