@@ -31,10 +31,11 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
-# Five minutes of faults (tests/support/chaos.py) and the figures; on PostgreSQL when
-# KEYROTOR_TEST_POSTGRES_URL is set, else SQLite. `make test` runs one minute of it.
+# Five minutes of faults (tests/support/chaos.py) and the figures, on PostgreSQL:
+# KEYROTOR_TEST_POSTGRES_URL, else the local one CI uses. `make test` runs one minute of it.
+CHAOS_POSTGRES_URL ?= $(or $(KEYROTOR_TEST_POSTGRES_URL),postgresql://postgres@127.0.0.1:5432/test)
 chaos: $(STAMP)
-	$(BIN)/python -m tests.support.chaos --minutes 5
+	$(BIN)/python -m tests.support.chaos --minutes 5 --postgres-url $(CHAOS_POSTGRES_URL)
 
 # The fuzzers at full strength: 2,000 schemathesis cases (300 in `make test`) and 2,000
 # hypothesis examples per property (200), with the attack catalogue.

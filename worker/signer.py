@@ -33,6 +33,7 @@ class _Loaded:
     alg: str
     key: keys.SigningKey = field(repr=False)
     max_token_ttl: timedelta
+    header: dict[str, str]  # {"kid": kid}, built once (PyJWT copies it)
 
 
 class Signer:
@@ -73,9 +74,9 @@ class Signer:
         if "exp" in body or "iat" in body:
             clashing = [name for name in RESERVED if name in body]
             raise InvalidInput(f"Claims must not set {', '.join(clashing)}: the signer does")
-        now = self.clock()
-        body["iat"] = int(now.timestamp())
-        body["exp"] = int((now + ttl).timestamp())
+        now = self.clock().timestamp()
+        body["iat"] = int(now)
+        body["exp"] = int(now + ttl.total_seconds())
         if aud is not None:
             body["aud"] = aud
         if iss is not None:
@@ -85,7 +86,7 @@ class Signer:
         if nbf is not None:
             body["nbf"] = int(nbf.timestamp())
         try:
-            return jwt.encode(body, loaded.key, algorithm=loaded.alg, headers={"kid": loaded.kid})
+            return jwt.encode(body, loaded.key, algorithm=loaded.alg, headers=loaded.header)
         except TypeError:
             raise InvalidInput("Claims must be JSON values") from None
 
@@ -114,6 +115,7 @@ class Signer:
             alg=keys.JWT_ALG[active.algo],
             key=key,
             max_token_ttl=active.max_token_ttl,
+            header={"kid": active.kid},
         )
         with self._lock:
             self._loaded[active.realm_id] = loaded

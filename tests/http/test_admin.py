@@ -413,4 +413,5 @@ def test_no_input_yields_a_5xx(
 def test_no_authorization_header_yields_a_5xx(api: Api, value: str) -> None:
     header = value.strip().encode("latin-1")
     response = api.anon.get("/v1/realms", headers={"Authorization": header})
-    assert response.status_code == 401
+    # DEL is no field value (RFC 9110 5.5): uvicorn's parser refuses it before the app does.
+    assert response.status_code == (400 if "\x7f" in header.decode("latin-1") else 401)

@@ -140,6 +140,33 @@ def test_a_change_made_elsewhere_shows_once_the_recent_copy_lapses(api: Api) -> 
     assert api.anon.get(jwks_path(realm["id"])).headers["ETag"] == '"elsewhere"'
 
 
+def test_an_answer_from_the_recent_copy_is_the_same_answer(api: Api) -> None:
+    realm = api.realm()
+    api.recent.seconds = 60.0
+    api.recent.clear()
+    path = jwks_path(realm["id"])
+    fetched = api.anon.get(path)  # read from Redis by the route
+    api.stack.redis.hset(redis_key(realm["id"]), "etag", '"elsewhere"')  # unseen from memory
+    remembered = api.anon.get(path)
+    assert remembered.content == fetched.content
+    for header in [
+        "ETag",
+        "Cache-Control",
+        "Content-Type",
+        "Content-Length",
+        "Access-Control-Allow-Origin",
+        "Access-Control-Expose-Headers",
+    ]:
+        assert remembered.headers[header] == fetched.headers[header], header
+    tag = fetched.headers["ETag"]
+    not_modified = api.anon.get(path, headers={"If-None-Match": tag})
+    assert not_modified.status_code == 304 and not_modified.content == b""
+    assert "Content-Length" not in not_modified.headers
+    head = api.anon.head(path)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["Content-Length"] == str(len(fetched.content))
+
+
 def test_a_change_through_this_process_shows_at_once(api: Api) -> None:
     api.realm()
     api.recent.seconds = 60.0

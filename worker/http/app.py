@@ -76,6 +76,8 @@ def create_app(
         description=DESCRIPTION,
         docs_url="/docs",
         redoc_url=None,
+        # No OpenTelemetry here; left on, FastAPI looks for its providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.keyrotor = HttpContext(
         settings=settings,
@@ -92,7 +94,8 @@ def create_app(
         redis=RedisHandle(settings, redis_client),
         clock=clock,
     )
-    app.router.routes.extend(jwks_route.ROUTES)
+    app.router.routes[:0] = jwks_route.ROUTES  # the hot route first
+    app.add_middleware(jwks_route.FromMemory, ctx=app.state.keyrotor)
     app.include_router(admin.router)
     app.include_router(health.router)
     _map_errors(app)

@@ -122,11 +122,32 @@ class NameCache:
             self._entries.pop(name, None)
 
 
+CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": "ETag, Cache-Control",
+}
+
+
 @dataclass(frozen=True)
 class Document:
+    """A realm's JWKS as the route serves it, with the headers that do not change encoded once
+    (for a 304, and for a 200: the same plus the content's)."""
+
     body: bytes
     etag: str
     next_change_at: datetime | None
+    headers_304: list[tuple[bytes, bytes]] = field(init=False, repr=False, compare=False)
+    headers_200: list[tuple[bytes, bytes]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fixed = {"etag": self.etag, **CORS}
+        headers = [(name.lower().encode(), value.encode()) for name, value in fixed.items()]
+        content = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(self.body)),
+        ]
+        object.__setattr__(self, "headers_304", headers)
+        object.__setattr__(self, "headers_200", content + headers)
 
 
 @dataclass
