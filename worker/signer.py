@@ -9,6 +9,7 @@ without a restart; a revocation drops the old key before the new one is even loa
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -42,6 +43,8 @@ class Signer:
     def __init__(self, service: Service, *, clock: Clock = utcnow) -> None:
         self.service = service
         self.clock = clock
+        # The default clock's timestamp, without building a datetime per token.
+        self._now = time.time if clock is utcnow else lambda: clock().timestamp()
         self._loaded: dict[str, _Loaded] = {}  # by realm id
         self._ids: dict[str, str] = {}  # realm id or name -> realm id
         self._lock = threading.Lock()
@@ -74,7 +77,7 @@ class Signer:
         if "exp" in body or "iat" in body:
             clashing = [name for name in RESERVED if name in body]
             raise InvalidInput(f"Claims must not set {', '.join(clashing)}: the signer does")
-        now = self.clock().timestamp()
+        now = self._now()
         body["iat"] = int(now)
         body["exp"] = int(now + ttl.total_seconds())
         if aud is not None:
@@ -91,12 +94,11 @@ class Signer:
             raise InvalidInput("Claims must be JSON values") from None
 
     def loaded(self, realm: str) -> _Loaded:
-        """The realm's signing key, loading it on first use."""
-        with self._lock:
-            realm_id = self._ids.get(realm)
-            if realm_id is not None and realm_id in self._loaded:
-                return self._loaded[realm_id]
-        return self.refresh(realm)
+        """The realm's signing key, loading it on first use. (Reads take no lock: a dict read
+        is atomic, and writers replace entries whole.)"""
+        realm_id = self._ids.get(realm)
+        loaded = self._loaded.get(realm_id) if realm_id is not None else None
+        return loaded if loaded is not None else self.refresh(realm)
 
     def refresh(self, realm: str) -> _Loaded:
         """Reload a realm's active key from the database (reusing the key object when the
