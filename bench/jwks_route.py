@@ -161,7 +161,7 @@ def run() -> Report:
     )
     report.details.append(
         f"Load: {generator}, {SECONDS:g} s a run, {len(document)}-byte document (2 ES256 keys);"
-        " the route answers from the copy its process read in the last 50 ms (FromMemory, ahead"
+        " the route answers from the copy its process read in the last 20 ms (FromMemory, ahead"
         " of FastAPI), else reads Redis in the thread pool. Both servers log at WARNING (no"
         " access log), so the ratio is the route's own cost."
     )

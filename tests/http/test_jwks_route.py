@@ -132,7 +132,7 @@ def test_without_a_redis_copy_the_database_answers_the_same(api: Api) -> None:
 
 def test_a_change_made_elsewhere_shows_once_the_recent_copy_lapses(api: Api) -> None:
     realm = api.realm()
-    api.recent.seconds = 1.0  # (default 0.05 s) long enough to see the copy held
+    api.recent.seconds = 1.0  # (default 0.02 s) long enough to see the copy held
     first = api.anon.get(jwks_path(realm["id"])).headers["ETag"]
     api.stack.redis.hset(redis_key(realm["id"]), "etag", '"elsewhere"')  # as another publisher
     assert api.anon.get(jwks_path(realm["id"])).headers["ETag"] == first

@@ -5,10 +5,10 @@ reach the database), or from the database when Redis has none or is away. `max-a
 smaller of KEYROTOR_JWKS_MAX_AGE and the seconds until the realm's next scheduled change, so
 no cache keeps a key set past a change it could have known about.
 
-This is the hot route. Each process keeps what it read for 50 ms (`Recent`,
+This is the hot route. Each process keeps what it read for 20 ms (`Recent`,
 worker/http/context.py), and `FromMemory` answers from that copy before FastAPI's machinery,
 which costs more than the answer: a crowd of verifiers asking at once costs one Redis read, and
-a change made elsewhere shows here at most 50 ms later (one made through this process, at
+a change made elsewhere shows here at most 20 ms later (one made through this process, at
 once). The route itself is a plain Starlette route; `DOCUMENTED` describes it in /openapi.json.
 """
 
