@@ -2,7 +2,8 @@
 
 `keyrotor PORT` is the real app through `worker.http.app.serve` (what `keyrotor web` runs);
 `bare PORT FILE` is a Starlette route answering the bytes in FILE, under the same uvicorn
-settings: one process, the configured log level, no server header. `fastapi-async` and
+settings: one process, the configured log level, no server header; `bare-headers` the same with
+the JWKS route's headers (ETag, Cache-Control, CORS). `fastapi-async` and
 `fastapi-sync` answer the same bytes from a FastAPI route (`async def`, and a plain `def` run
 in the thread pool, as the JWKS route is): they show where the route's time goes.
 """
@@ -40,6 +41,18 @@ def main(argv: list[str]) -> None:
             return Response(document, media_type="application/json")
 
         app = Starlette(routes=[Route(path, constant)])
+    elif kind == "bare-headers":
+        headers = {
+            "ETag": '"0123456789abcdef0123456789abcdef"',
+            "Cache-Control": "public, max-age=300",
+            "Access-Control-Allow-Origin": "*",
+            "Access-Control-Expose-Headers": "ETag, Cache-Control",
+        }
+
+        async def constant_with_headers(_: Request) -> Response:
+            return Response(document, media_type="application/json", headers=headers)
+
+        app = Starlette(routes=[Route(path, constant_with_headers)])
     elif kind == "fastapi-async":
 
         async def constant_async(realm: str) -> Response:

@@ -3,6 +3,7 @@ that never outlives a scheduled change, CORS, and PyJWT's own client as the veri
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
@@ -21,7 +22,8 @@ from redis.retry import Retry
 from tests.http.conftest import Api, serve
 from tests.support.live import LiveServer
 from worker.http.app import create_app
-from worker.http.jwks_route import matches, max_age
+from worker.http.context import Document
+from worker.http.jwks_route import _read_once, matches, max_age
 from worker.jwks import publish_realm, redis_key
 from worker.service import Service, utcnow
 
@@ -165,6 +167,25 @@ def test_an_answer_from_the_recent_copy_is_the_same_answer(api: Api) -> None:
     head = api.anon.head(path)
     assert head.status_code == 200 and head.content == b""
     assert head.headers["Content-Length"] == str(len(fetched.content))
+
+
+def test_requests_that_miss_together_share_one_read(api: Api) -> None:
+    realm = api.realm()
+    app = create_app(api.stack.settings, api.stack.service, redis_client=api.stack.redis)
+    ctx = app.state.keyrotor
+
+    def reads() -> int:
+        stats = api.stack.redis.info("commandstats").get("cmdstat_hmget", {"calls": 0})
+        return int(stats["calls"])
+
+    async def sixteen_at_once() -> list[Document]:
+        return await asyncio.gather(*(_read_once(ctx, realm["id"]) for _ in range(16)))
+
+    before = reads()
+    documents = asyncio.run(sixteen_at_once())
+    assert reads() - before == 1
+    assert len({document.etag for document in documents}) == 1
+    assert ctx.reading == {}
 
 
 def test_a_change_through_this_process_shows_at_once(api: Api) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -189,6 +190,8 @@ class HttpContext:
     clock: Clock
     names: NameCache = field(default_factory=NameCache)
     recent: Recent = field(default_factory=Recent)
+    reading: dict[str, asyncio.Future[Document]] = field(default_factory=dict)
+    """JWKS reads in progress, by reference (worker/http/jwks_route.py)."""
 
     def published(self, realm_id: str) -> None:
         """After a commit: publish the realm's JWKS, then relay its events. The change is

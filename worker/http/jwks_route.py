@@ -14,6 +14,7 @@ once). The route itself is a plain Starlette route; `DOCUMENTED` describes it in
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import datetime, timedelta
@@ -116,8 +117,28 @@ def _from_database(ctx: HttpContext, ref: str) -> Document:
 
 
 def load(ctx: HttpContext, ref: str) -> Document:
-    """The realm's document from Redis, else the database (blocking: run in a thread)."""
-    return _from_redis(ctx, ref) or _from_database(ctx, ref)
+    """The realm's document from Redis, else the database, kept in `Recent` (blocking: run in a
+    thread)."""
+    document = _from_redis(ctx, ref) or _from_database(ctx, ref)
+    ctx.recent.put(ref, document)
+    return document
+
+
+async def _read_once(ctx: HttpContext, ref: str) -> Document:
+    """`load` in the thread pool, once for all the requests that miss a realm together (when
+    the copy lapses under load, every request in flight misses at the same moment)."""
+    reading = ctx.reading.get(ref)
+    if reading is None:
+        reading = asyncio.ensure_future(run_in_threadpool(load, ctx, ref))
+        ctx.reading[ref] = reading
+
+        def done(future: asyncio.Future[Document]) -> None:
+            ctx.reading.pop(ref, None)
+            if not future.cancelled():
+                future.exception()  # retrieved, so asyncio does not log it as lost
+
+        reading.add_done_callback(done)
+    return await asyncio.shield(reading)  # a caller gone does not cancel the others' read
 
 
 def answer(
@@ -136,8 +157,7 @@ async def realm_jwks(request: Request) -> Response:
     when this process read it lately.)"""
     ctx = context(request)
     ref = clean_ref(request.path_params["realm"])
-    document = await run_in_threadpool(load, ctx, ref)
-    ctx.recent.put(ref, document)
+    document = await _read_once(ctx, ref)
     status, headers, body = answer(ctx, document, request.headers.get("if-none-match"))
     response = Response(body, status)
     response.raw_headers = headers
