@@ -135,7 +135,13 @@ def shared_api(
 ) -> Iterator[Api]:
     """One server per module and backend, for tests that change nothing but their own admin
     keys (the database fixtures are per test; this mirrors them at module scope)."""
-    tmp = tmp_path_factory.mktemp("api")
+    yield from serve_on(request, tmp_path_factory.mktemp("api"), redis_url)
+
+
+def serve_on(request: pytest.FixtureRequest, tmp: Path, redis_url: str) -> Iterator[Api]:
+    """`serve` on the backend `request.param` names, for fixtures wider than one test (the
+    per-test database fixtures do not reach them): a copy of the migrated SQLite template, or
+    the PostgreSQL schema, emptied afterwards."""
     if request.param == "sqlite":
         shutil.copy(request.getfixturevalue("sqlite_template"), tmp / "keyrotor.db")
         yield from serve(tmp, f"sqlite:///{tmp / 'keyrotor.db'}", redis_url)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,11 +29,9 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from sqlalchemy import text
 
-from tests.conftest import BACKENDS, TABLES
-from tests.http.conftest import Api, serve
-from worker.store.db import make_engine
+from tests.conftest import BACKENDS
+from tests.http.conftest import Api, serve_on
 
 CASES = int(os.environ.get("KEYROTOR_FUZZ_CASES", "300"))
 CHECKS = [
@@ -48,18 +45,7 @@ CHECKS = [
 
 @pytest.fixture(params=BACKENDS if CASES >= 1000 else BACKENDS[-1:])
 def api(request: pytest.FixtureRequest, tmp_path: Path, redis_url: str) -> Iterator[Api]:
-    if request.param == "sqlite":
-        shutil.copy(request.getfixturevalue("sqlite_template"), tmp_path / "keyrotor.db")
-        yield from serve(tmp_path, f"sqlite:///{tmp_path / 'keyrotor.db'}", redis_url)
-        return
-    url = request.getfixturevalue("postgres_schema_url")
-    try:
-        yield from serve(tmp_path, url, redis_url)
-    finally:
-        engine = make_engine(url)
-        with engine.begin() as connection:
-            connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
-        engine.dispose()
+    yield from serve_on(request, tmp_path, redis_url)
 
 
 @pytest.mark.slow
