@@ -153,10 +153,14 @@ class Document:
 
 @dataclass
 class Recent:
-    """The documents this process read in the last `seconds`, by the reference asked for."""
+    """The documents this process read in the last `seconds`, by the reference asked for.
+
+    `generation` moves on every `clear`, and a read begun before it is not kept, so after a
+    change through this process no answer comes from an older read."""
 
     seconds: float = RECENT_SECONDS
     size: int = RECENT_SIZE
+    generation: int = 0
     _entries: dict[str, tuple[Document, float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -166,10 +170,13 @@ class Recent:
             return None
         return entry[0]
 
-    def put(self, ref: str, document: Document) -> None:
+    def put(self, ref: str, document: Document, generation: int) -> None:
+        """Keep `document`, read during `generation`, unless a change came since."""
         if self.seconds <= 0:
             return
         with self._lock:
+            if generation != self.generation:
+                return
             if len(self._entries) >= self.size:
                 self._entries.clear()
             self._entries[ref] = (document, time.monotonic() + self.seconds)
@@ -177,6 +184,7 @@ class Recent:
     def clear(self) -> None:
         """After a change through this process: the next request reads the new copy."""
         with self._lock:
+            self.generation += 1
             self._entries.clear()
 
 
@@ -190,8 +198,8 @@ class HttpContext:
     clock: Clock
     names: NameCache = field(default_factory=NameCache)
     recent: Recent = field(default_factory=Recent)
-    reading: dict[str, asyncio.Future[Document]] = field(default_factory=dict)
-    """JWKS reads in progress, by reference (worker/http/jwks_route.py)."""
+    reading: dict[tuple[str, int], asyncio.Future[Document]] = field(default_factory=dict)
+    """JWKS reads in progress, by reference and `Recent` generation (jwks_route.py)."""
 
     def published(self, realm_id: str) -> None:
         """After a commit: publish the realm's JWKS, then relay its events. The change is

@@ -116,24 +116,25 @@ def _from_database(ctx: HttpContext, ref: str) -> Document:
     return Document(body, jwks.etag(body), publication.next_change_at)
 
 
-def load(ctx: HttpContext, ref: str) -> Document:
+def load(ctx: HttpContext, ref: str, generation: int) -> Document:
     """The realm's document from Redis, else the database, kept in `Recent` (blocking: run in a
     thread)."""
     document = _from_redis(ctx, ref) or _from_database(ctx, ref)
-    ctx.recent.put(ref, document)
+    ctx.recent.put(ref, document, generation)
     return document
 
 
 async def _read_once(ctx: HttpContext, ref: str) -> Document:
     """`load` in the thread pool, once for all the requests that miss a realm together (when
     the copy lapses under load, every request in flight misses at the same moment)."""
-    reading = ctx.reading.get(ref)
+    key = (ref, ctx.recent.generation)  # a read begun before a change is not joined after it
+    reading = ctx.reading.get(key)
     if reading is None:
-        reading = asyncio.ensure_future(run_in_threadpool(load, ctx, ref))
-        ctx.reading[ref] = reading
+        reading = asyncio.ensure_future(run_in_threadpool(load, ctx, *key))
+        ctx.reading[key] = reading
 
         def done(future: asyncio.Future[Document]) -> None:
-            ctx.reading.pop(ref, None)
+            ctx.reading.pop(key, None)
             if not future.cancelled():
                 future.exception()  # retrieved, so asyncio does not log it as lost
 
