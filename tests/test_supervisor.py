@@ -12,13 +12,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 import redis
+
+from tests.support.stack import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -36,18 +37,6 @@ STUBBORN = (
     "grandchild = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3600)']); "
     "open(os.environ['MARK'], 'a').write(f'{os.getpid()} {grandchild.pid}\\n'); time.sleep(3600)"
 )
-
-
-def wait_for(check: Callable[[], T], timeout: float, what: str, log: Path) -> T:
-    """Poll until `check` returns something truthy; fail naming `what`, with serve's log."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{read(log)}")
-        time.sleep(0.1)
 
 
 def read(path: Path) -> str:
@@ -98,7 +87,11 @@ class Serve:
             )
 
     def wait_for(self, check: Callable[[], T], timeout: float, what: str) -> T:
-        return wait_for(check, timeout, what, self.log)
+        """`wait_for`, failing with serve's log."""
+        try:
+            return wait_for(check, timeout, what)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{read(self.log)}") from None
 
     def exit_code(self, timeout: float) -> int:
         try:

@@ -9,12 +9,12 @@ SQLite database is created.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -103,6 +103,25 @@ def shown_url(url: str) -> str:
 # -- the checks, each a function of what it looks at --------------------------------------------
 
 
+class _Row(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+R = TypeVar("R", bound=_Row)
+
+
+def _pages(
+    fetch: Callable[..., Sequence[R]], sessions: sessionmaker[Session]
+) -> Iterator[Sequence[R]]:
+    """Every row `fetch` returns, a page at a time, keyset by id: memory stays flat however
+    many realms and keys there are."""
+    after = ""
+    while page := fetch(sessions, after=after, limit=PAGE):
+        yield page
+        after = page[-1].id
+
+
 def check_database(engine: Engine, url: str) -> Check:
     """Reachable, and the schema at the newest migration."""
     try:
@@ -130,8 +149,8 @@ def check_redis(client: redis.Redis, url: str) -> Check:
 
 def check_sealed_keys(sessions: sessionmaker[Session], keys: MasterKeys) -> Check:
     """Every stored private key and HMAC secret opens with the configured master keys."""
-    total, stale, broken, after = 0, 0, [], ""
-    while page := queries.sealed_keys(sessions, after=after, limit=PAGE):
+    total, stale, broken = 0, 0, []
+    for page in _pages(queries.sealed_keys, sessions):
         for row in page:
             total += 1
             try:
@@ -140,7 +159,6 @@ def check_sealed_keys(sessions: sessionmaker[Session], keys: MasterKeys) -> Chec
                 broken.append(row.id)
                 continue
             stale += not keys.is_current(row.sealed_secret)
-        after = page[-1].id
     if broken:
         return Check(
             "sealed_keys",
@@ -157,15 +175,14 @@ def check_sealed_keys(sessions: sessionmaker[Session], keys: MasterKeys) -> Chec
 
 def check_policies(sessions: sessionmaker[Session], limits: Limits) -> Check:
     """Every stored realm policy still passes today's rules and settings (clock skew, max-age)."""
-    total, unsafe, after = 0, [], ""
-    while page := queries.realms(sessions, after=after, limit=PAGE):
+    total, unsafe = 0, []
+    for page in _pages(queries.realms, sessions):
         for realm in page:
             total += 1
             try:
                 check_policy(policy_of(realm), limits)
             except InvalidInput as error:
                 unsafe.append(f"{realm.name} ({realm.id}): {'; '.join(error.messages)}")
-        after = page[-1].id
     if unsafe:
         more = f" (and {len(unsafe) - 1} more)" if len(unsafe) > 1 else ""
         return Check(
@@ -221,9 +238,9 @@ def check_jwks(
     Behind for more than JWKS_SETTLE: publication failed and reconcile has not caught up. Ahead:
     the database went back in time (a restored backup), and the newer copy will not be replaced.
     """
-    total, behind, ahead, after = 0, [], [], ""
+    total, behind, ahead = 0, [], []
     cutoff = now - JWKS_SETTLE
-    while page := queries.realm_states(sessions, after=after, limit=PAGE):
+    for page in _pages(queries.realm_states, sessions):
         in_redis = publisher.published_versions(realm.id for realm in page)
         for realm in page:
             total += 1
@@ -237,7 +254,6 @@ def check_jwks(
                     ahead.append(line)
                 elif version < realm.jwks_version and realm.updated_at <= cutoff:
                     behind.append(line)
-        after = page[-1].id
     where = "Redis and files" if files else "Redis (no JWKS files on this host)"
     if ahead:
         return Check(
