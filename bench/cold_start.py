@@ -23,7 +23,7 @@ def keyrotor_command() -> list[str]:
     script = Path(sys.executable).with_name("keyrotor")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from worker.cli import main; main()"]
+    return [sys.executable, "-c", "from worker.cli.app import main; main()"]
 
 
 def first_jwks(folder: Path) -> tuple[float, float, Process]:

@@ -29,13 +29,14 @@ from bench.support import (
     wait_for,
     x,
 )
-from worker import ids, runtime
-from worker.events import STREAM
-from worker.jwks import publish_realm
-from worker.relay import Relay, relay_after_commit
+from worker import runtime
+from worker.client.events import STREAM
+from worker.client.subscriber import Subscriber
+from worker.core import ids
+from worker.publish.jwks import publish_realm
+from worker.publish.relay import Relay, relay_after_commit
 from worker.store.db import transaction
 from worker.store.models import Event
-from worker.subscriber import Subscriber
 
 CHANGES_PER_RUN = 100
 PUBLISHES_PER_RUN = 300

@@ -33,7 +33,7 @@ from bench.support import (
     x,
 )
 from worker import runtime
-from worker.jwks import body, publish_realm
+from worker.publish.jwks import body, publish_realm
 
 TARGET = 0.8
 SECONDS = 3.0

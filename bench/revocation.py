@@ -27,13 +27,14 @@ from bench.support import (
     percentile,
     wait_for,
 )
-from worker import keys, runtime
-from worker.errors import InvalidToken
-from worker.jwks import publish_realm
-from worker.relay import Relay, relay_after_commit
+from worker import runtime
+from worker.client.subscriber import Subscriber
+from worker.client.verifier import KeyCache, RedisKeys
+from worker.core import keys
+from worker.core.errors import InvalidToken
+from worker.publish.jwks import publish_realm
+from worker.publish.relay import Relay, relay_after_commit
 from worker.service import Service
-from worker.subscriber import Subscriber
-from worker.verifier import KeyCache, RedisKeys
 
 REVOCATIONS_PER_RUN = 20
 REALMS = REVOCATIONS_PER_RUN

@@ -36,10 +36,10 @@ from bench.support import (
     x,
 )
 from worker import runtime
-from worker.events import STREAM
-from worker.jwks import publish_realm
-from worker.lifecycle import State
-from worker.relay import Relay, relay_after_commit
+from worker.client.events import STREAM
+from worker.core.lifecycle import State
+from worker.publish.jwks import publish_realm
+from worker.publish.relay import Relay, relay_after_commit
 from worker.store.db import transaction
 from worker.store.models import JwtKey
 

@@ -18,9 +18,10 @@ from pathlib import Path
 import jwt
 
 from bench.support import RUNS, Report, median, rate, sqlite_service, x
+from worker.client.signer import Signer
+from worker.client.verifier import KeyCache
 from worker.service import Service
-from worker.signer import Signer
-from worker.verifier import KeyCache, ServiceKeys
+from worker.service.key_sources import ServiceKeys
 
 ALGOS = ("rs256", "es256", "eddsa", "hs256")
 TARGET = 0.9

@@ -28,10 +28,10 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import text
 
-from worker import ids, keys, lifecycle
-from worker.lifecycle import State
+from worker.core import ids, keys, lifecycle
+from worker.core.lifecycle import State
+from worker.core.sealing import MasterKeys, generate_master_key
 from worker.runtime import build_service
-from worker.sealing import MasterKeys, generate_master_key
 from worker.service import Service
 from worker.settings import Settings, load_settings
 from worker.store.db import make_engine, migrate, session_factory, transaction
@@ -351,7 +351,7 @@ class Deployment:
             self.redis.delete(name)
 
     def celery(self) -> Any:
-        from worker.celery_app import make_app
+        from worker.jobs.app import make_app
 
         return make_app(self.settings, str(self.settings.redis_url))
 

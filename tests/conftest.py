@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests.support.stack import Stack, make_stack
-from worker.sealing import MasterKeys
+from worker.core.sealing import MasterKeys
 from worker.service import Limits, Service
 from worker.store.db import make_engine, migrate, session_factory
 

@@ -31,11 +31,11 @@ from sqlalchemy import func, select, text
 from tests.conftest import BACKENDS, TABLES
 from tests.http.conftest import Api, serve
 from tests.support.live import AUDIENCE, b64url, unsigned
-from worker import keys
-from worker.errors import InvalidToken
+from worker.client.verifier import KeyCache, KeySet, RedisKeys, parse_jwks
+from worker.core import keys
+from worker.core.errors import InvalidToken
 from worker.store.db import make_engine, transaction
 from worker.store.models import JwtKey
-from worker.verifier import KeyCache, KeySet, RedisKeys, parse_jwks
 
 ADMIN_ISSUER = "https://keyrotor.test/admin"
 TOKEN_AUD = "api"

@@ -23,10 +23,10 @@ from packaging.requirements import Requirement
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.stack import ROOT, Stack
-from worker.errors import ConfigError
-from worker.heartbeat import Heartbeat, record_heartbeat
-from worker.metrics import exposition
-from worker.sealing import generate_master_key
+from worker.core.errors import ConfigError
+from worker.core.sealing import generate_master_key
+from worker.ops.metrics import exposition
+from worker.publish.heartbeat import Heartbeat, record_heartbeat
 from worker.settings import Settings, load_settings
 
 DEPLOY = ROOT / "deploy"

@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from tests.conftest import TABLES
-from worker import keys
-from worker.admin_keys import AdminKeys
-from worker.durations import parse_duration
-from worker.errors import (
+from worker.client.verifier import KeyCache, KeySet, parse_jwks
+from worker.core import keys
+from worker.core.durations import parse_duration
+from worker.core.errors import (
     ConfigError,
     InvalidInput,
     InvalidToken,
@@ -38,9 +38,9 @@ from worker.errors import (
 from worker.http.auth import AdminAuthenticator
 from worker.service import Service
 from worker.settings import Settings, load_settings
+from worker.store.admin_keys import AdminKeys
 from worker.store.db import transaction
 from worker.store.models import AdminKey, Event, JwtKey, Realm
-from worker.verifier import KeyCache, KeySet, parse_jwks
 
 FUZZ = settings(
     max_examples=int(os.environ.get("KEYROTOR_FUZZ_EXAMPLES", "200")),

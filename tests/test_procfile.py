@@ -17,8 +17,8 @@ import redis
 
 from tests.support.processes import free_port, processes_under
 from tests.support.stack import FAST, ROOT, wait_for
+from worker.core.sealing import generate_master_key
 from worker.runtime import build_service
-from worker.sealing import generate_master_key
 from worker.settings import load_settings
 from worker.store import stats
 

@@ -30,9 +30,9 @@ from sqlalchemy import select
 
 from tests.support.live import LiveServer, admin_token
 from tests.support.stack import ROOT, Stack, make_stack, wait_for
-from worker.events import STREAM
+from worker.client.events import STREAM
+from worker.core.sealing import MasterKeys, generate_master_key
 from worker.http.app import create_app
-from worker.sealing import MasterKeys, generate_master_key
 from worker.store.db import transaction
 from worker.store.models import JwtKey
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from worker.errors import ConfigError
-from worker.sealing import parse_master_keys
+from worker.core.errors import ConfigError
+from worker.core.sealing import parse_master_keys
 from worker.settings import Settings, load_settings
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "keyrotor.env.example"

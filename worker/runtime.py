@@ -8,11 +8,12 @@ from functools import cache
 import redis
 from sqlalchemy import Engine
 
-from worker.errors import ConfigError
-from worker.jwks import Publisher
-from worker.lifecycle import Policy
-from worker.sealing import MasterKeys, load_or_create_key_file
-from worker.service import Clock, Limits, Service, utcnow
+from worker.core.clock import Clock, utcnow
+from worker.core.errors import ConfigError
+from worker.core.lifecycle import Policy
+from worker.core.sealing import MasterKeys, load_or_create_key_file
+from worker.publish.jwks import Publisher
+from worker.service import Limits, Service
 from worker.settings import Settings
 from worker.store.db import make_engine, session_factory
 

@@ -18,9 +18,9 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from worker.durations import format_duration, parse_duration
-from worker.errors import ConfigError, InvalidInput
-from worker.sealing import parse_master_keys
+from worker.core.durations import format_duration, parse_duration
+from worker.core.errors import ConfigError, InvalidInput
+from worker.core.sealing import parse_master_keys
 
 ENV_PREFIX = "KEYROTOR_"
 

@@ -19,9 +19,9 @@ from sqlalchemy import text
 from tests.conftest import BACKENDS, TABLES
 from tests.support.live import LiveServer, admin_token
 from tests.support.stack import Stack, make_stack
-from worker.admin_keys import AdminKeys
 from worker.http.app import create_app
 from worker.http.context import Recent
+from worker.store.admin_keys import AdminKeys
 from worker.store.db import make_engine
 
 # Production-like policy and caching (the stack's defaults are seconds-scale); es256 keys are

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.http.conftest import Api
-from worker.events import STREAM
+from worker.client.events import STREAM
 from worker.http import models
 
 KEY_FIELDS = set(models.JwtKey.model_fields)

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.http.conftest import Api
 from tests.support.live import AUDIENCE, admin_token, b64url, unsigned
-from worker import ids
+from worker.core import ids
 
 LIST = "/v1/jwt_keys"
 

@@ -11,7 +11,7 @@ from redis.retry import Retry
 from tests.http.conftest import Api
 from tests.support.live import LiveServer
 from worker.http.app import create_app
-from worker.metrics import count_rotation_failure
+from worker.ops.metrics import count_rotation_failure
 from worker.service import Service
 from worker.store.db import make_engine, session_factory
 

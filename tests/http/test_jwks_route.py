@@ -21,11 +21,12 @@ from redis.retry import Retry
 
 from tests.http.conftest import Api, serve
 from tests.support.live import LiveServer
+from worker.core.clock import utcnow
 from worker.http.app import create_app
 from worker.http.context import Document
 from worker.http.jwks_route import _read_once, matches, max_age
-from worker.jwks import publish_realm, redis_key
-from worker.service import Service, utcnow
+from worker.publish.jwks import publish_realm, redis_key
+from worker.service import Service
 
 KEYROTOR = Path(sys.executable).parent / "keyrotor"
 

@@ -11,7 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 
-from worker.errors import NotMigrated
+from worker.core.errors import NotMigrated
 from worker.service import Service
 from worker.store.db import (
     make_engine,

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
-from worker.sealing import MasterKeys
+from worker.core.sealing import MasterKeys
 from worker.service import Service
 from worker.store.models import JwtKey, Realm
 

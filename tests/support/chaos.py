@@ -9,7 +9,7 @@ period, a worker or a beat is SIGKILLed and started again, Redis is restarted on
 port, the service's PostgreSQL connections are ended with `pg_terminate_backend`, task
 messages are sent twice, and a sampled realm's active key is revoked over the admin API.
 
-Meanwhile clients sign tokens for sampled realms with `worker.signer.Signer` (kept current by
+Meanwhile clients sign tokens for sampled realms with `worker.client.signer.Signer` (kept current by
 a `Subscriber`) and verify each one every half second until its `exp`, twice: over HTTP with
 PyJWT's `PyJWKClient` (subclassed so that each fetch is cached for exactly the response's
 `Cache-Control: max-age`), and with the event-driven `KeyCache`. At the end the run checks
@@ -52,19 +52,19 @@ from sqlalchemy import select, text
 from tests.support.live import admin_token
 from tests.support.processes import free_port
 from tests.support.stack import Stack, make_stack, wait_for
-from worker.admin_keys import AdminKeys
-from worker.errors import KeyrotorError
-from worker.events import STREAM
-from worker.jwks import redis_key
-from worker.lifecycle import State
+from worker.client.events import STREAM
+from worker.client.signer import Signer
+from worker.client.subscriber import Subscriber
+from worker.client.verifier import KeyCache
+from worker.core.errors import KeyrotorError
+from worker.core.lifecycle import State
+from worker.core.sealing import MasterKeys
+from worker.publish.jwks import redis_key
 from worker.runtime import limits
-from worker.sealing import MasterKeys
 from worker.service import Service
-from worker.signer import Signer
+from worker.store.admin_keys import AdminKeys
 from worker.store.db import make_engine, migrate, session_factory, transaction
 from worker.store.models import Event, JwtKey, Realm
-from worker.subscriber import Subscriber
-from worker.verifier import KeyCache
 
 # Rotation every 15 s, the next key published 5 s before it signs, a retired key verifying for
 # 10 s, tokens of at most 5 s: a realm goes through its whole lifecycle four times a minute.

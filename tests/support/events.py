@@ -13,9 +13,9 @@ import redis
 from sqlalchemy import select
 
 from tests.support.stack import wait_for
-from worker.events import STREAM
-from worker.jwks import Publisher
-from worker.relay import Relay
+from worker.client.events import STREAM
+from worker.publish.jwks import Publisher
+from worker.publish.relay import Relay
 from worker.service import Service
 from worker.store.db import transaction
 from worker.store.models import Event

@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from worker.jwks import redis_key
+from worker.publish.jwks import redis_key
 
 
 @contextmanager

@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 import redis
 from celery import Celery
 
-from worker.celery_app import make_app
-from worker.jwks import Publisher
+from worker.core.sealing import generate_master_key
+from worker.jobs.app import make_app
+from worker.publish.jwks import Publisher
 from worker.runtime import build_service
-from worker.sealing import generate_master_key
 from worker.service import Service
 from worker.settings import Settings, load_settings
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from worker.cli import main
+from worker.cli.app import main
 
 if __name__ == "__main__":
     sys.argv = ["keyrotor", "web", *sys.argv[1:]]

@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from worker.durations import parse_duration
-from worker.errors import InvalidInput, NotFound
+from worker.core.durations import parse_duration
+from worker.core.errors import InvalidInput, NotFound
 from worker.http.auth import AdminPrincipal
 from worker.http.context import clean_ref, context
 from worker.http.models import (

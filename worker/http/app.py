@@ -19,8 +19,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
-from worker.admin_keys import AdminKeys
-from worker.errors import (
+from worker.core.clock import Clock, utcnow
+from worker.core.errors import (
     Conflict,
     InvalidInput,
     InvalidToken,
@@ -32,8 +32,9 @@ from worker.errors import (
 from worker.http import admin, health, jwks_route
 from worker.http.auth import AdminAuthenticator, challenge
 from worker.http.context import HttpContext, RedisHandle
-from worker.service import Clock, Service, utcnow
+from worker.service import Service
 from worker.settings import Settings
+from worker.store.admin_keys import AdminKeys
 
 log = logging.getLogger("keyrotor.http")
 
@@ -270,7 +271,7 @@ def serve(
     port: int | None = None,
 ) -> None:
     """Run the app under uvicorn until SIGTERM or Ctrl-C; the `web` process. Logging is the
-    caller's (`worker.logs.configure_logging`): uvicorn's loggers go through it."""
+    caller's (`worker.ops.logs.configure_logging`): uvicorn's loggers go through it."""
     import uvicorn
 
     uvicorn.run(

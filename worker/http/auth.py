@@ -22,9 +22,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from worker.durations import format_duration
-from worker.errors import InvalidToken, Unauthenticated
-from worker.service import Clock, utcnow
+from worker.core.clock import Clock, utcnow
+from worker.core.durations import format_duration
+from worker.core.errors import InvalidToken, Unauthenticated
 
 ALGORITHM = "RS256"
 MAX_TOKEN_CHARS = 8 * 1024

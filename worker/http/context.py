@@ -16,13 +16,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from worker import runtime
-from worker.admin_keys import AdminKeys
-from worker.errors import NotFound
+from worker.core.clock import Clock
+from worker.core.errors import NotFound
 from worker.http.auth import AdminAuthenticator
-from worker.jwks import Publisher, publish_realm
-from worker.relay import Relay, relay_after_commit
-from worker.service import Clock, Service
+from worker.publish.jwks import Publisher, publish_realm
+from worker.publish.relay import Relay, relay_after_commit
+from worker.service import Service
 from worker.settings import Settings
+from worker.store.admin_keys import AdminKeys
 
 log = logging.getLogger("keyrotor.http")
 

@@ -8,9 +8,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from worker import metrics
 from worker.http.context import HttpContext, context
 from worker.http.models import Health
+from worker.ops import metrics
 
 router = APIRouter(tags=["operations"])
 

@@ -27,9 +27,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from worker import ids, jwks
+from worker.core import ids
 from worker.http.context import CORS, Document, HttpContext, clean_ref, context
 from worker.http.models import Errors, JwkSet
+from worker.publish import jwks
 
 log = logging.getLogger("keyrotor.http")
 

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.errors import NotMigrated
+from worker.core.errors import NotMigrated
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

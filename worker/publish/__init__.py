@@ -1,0 +1,1 @@
+"""After a commit: JWKS copies in Redis and files, the outbox relay, beat's heartbeat."""

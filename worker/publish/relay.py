@@ -1,0 +1,140 @@
+"""The outbox relay: sends committed `realm.updated` events to Redis, each into the stream once.
+
+Every change writes its event row in the same transaction (see `Service._event`); the relay
+sends the unsent rows, oldest first, to stream `keyrotor:events` and channel
+`keyrotor:realm.updated`, then stamps them published. One Lua script per event claims
+`keyrotor:relayed:<event id>` and only then appends and publishes, so two relays racing put
+each event into the stream once, in commit order per realm. A relay that dies between Redis
+and the database leaves rows unsent; the next relay finds them claimed and only stamps them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from sqlalchemy.exc import SQLAlchemyError
+
+from worker.client.events import CHANNEL, RELAYED_TTL, STREAM, encode, relayed_key
+from worker.core.clock import Clock, rfc3339, utcnow
+from worker.publish.jwks import Publisher, publish_realm
+from worker.service import Service
+from worker.store import outbox
+from worker.store.models import Event
+
+log = logging.getLogger("keyrotor.relay")
+
+BATCH = 500
+
+# KEYS: relayed marker, stream. ARGV: payload, maxlen, marker ttl (s), channel.
+# Returns the new stream entry id, or nil when the event was relayed before.
+_RELAY_ONCE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local entry = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[1])
+redis.call('SET', KEYS[1], entry, 'EX', ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[1])
+return entry
+"""
+
+
+def payload(event: Event) -> dict[str, Any]:
+    """The event as published: ids, reason and version, never key material."""
+    return {
+        "id": event.id,
+        "event_type": event.event_type,
+        "realm_id": event.realm_id,
+        "event_at": rfc3339(event.event_at),
+        "reason": event.reason,
+        "key_ids": list(event.key_ids),
+        "jwks_version": event.jwks_version,
+    }
+
+
+class Relay:
+    """Sends outbox events to Redis in commit order, at most once into the stream per event.
+
+    With a `publisher`, a realm's JWKS is published (if Redis lags) before its events go out,
+    so a subscriber that refetches on an event never reads an older key set than it announces.
+    """
+
+    def __init__(
+        self,
+        service: Service,
+        client: redis.Redis,
+        *,
+        maxlen: int = 100_000,
+        publisher: Publisher | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.service = service
+        self.redis = client
+        self.maxlen = maxlen
+        self.publisher = publisher
+        self.clock = clock
+        self._relay_once = client.register_script(_RELAY_ONCE)
+
+    def relay(self, limit: int = BATCH) -> int:
+        """Send up to `limit` of the oldest unsent events; returns how many are now published.
+
+        Raises on a Redis or database error: whatever was sent stays sent (and is only stamped
+        by the next relay), the rest waits.
+        """
+        events = outbox.unpublished(self.service.sessions, limit)
+        if not events:
+            return 0
+        held = self._publish_jwks_first(events)
+        sending = [event for event in events if event.realm_id not in held]
+        if sending:
+            pipe = self.redis.pipeline(transaction=False)
+            ttl = int(RELAYED_TTL.total_seconds())
+            for event in sending:
+                self._relay_once(
+                    keys=[relayed_key(event.id), STREAM],
+                    args=[encode(payload(event)), self.maxlen, ttl, CHANNEL],
+                    client=pipe,
+                )
+            entries = pipe.execute()
+            outbox.mark_published(self.service.sessions, [e.seq for e in sending], self.clock())
+            repeats = sum(1 for entry in entries if entry is None)
+            if repeats:
+                log.info("%d event(s) had been relayed already (another relay)", repeats)
+        return len(sending)
+
+    def relay_all(self, limit: int = BATCH, max_batches: int = 20) -> int:
+        """Drain the backlog a batch at a time, bounded so one task never runs for long."""
+        total = 0
+        for _ in range(max_batches):
+            sent = self.relay(limit)
+            total += sent
+            if sent < limit:
+                break
+        return total
+
+    def _publish_jwks_first(self, events: Sequence[Event]) -> set[str]:
+        """Catch up the JWKS of realms whose Redis copy is older than their events; returns the
+        realms that could not be published, whose events wait for the next relay."""
+        if self.publisher is None:
+            return set()
+        wanted: dict[str, int] = {}
+        for event in events:
+            wanted[event.realm_id] = max(wanted.get(event.realm_id, 0), event.jwks_version)
+        published = self.publisher.published_versions(wanted)
+        held = set()
+        for realm_id, version in wanted.items():
+            if published[realm_id] < version and not publish_realm(
+                self.service, self.publisher, realm_id
+            ):
+                held.add(realm_id)
+        return held
+
+
+def relay_after_commit(relay: Relay) -> int:
+    """Send what a commit just wrote; a failure is only logged, since the event is safe in the
+    outbox and the `keyrotor.relay_events` sweep sends it."""
+    try:
+        return relay.relay()
+    except (redis.RedisError, SQLAlchemyError) as error:
+        log.warning("events not relayed yet (%s); the relay sweep will retry", error)
+        return 0
