@@ -34,7 +34,7 @@ from worker.client.events import STREAM
 from worker.client.subscriber import Subscriber
 from worker.core import ids
 from worker.publish.jwks import publish_realm
-from worker.publish.relay import Relay, relay_after_commit
+from worker.publish.relay import Relay
 from worker.store.db import transaction
 from worker.store.models import Event
 
@@ -79,7 +79,7 @@ def commit_to_callback(dep: Deployment, relay: Relay, arrivals: Arrivals) -> dic
         assert change is not None
         publish_realm(dep.service, publisher, realm_id)  # what the task does next
         published = time.perf_counter()
-        relay_after_commit(relay)
+        relay.relay()
         arrived = arrivals.wait((realm_id, change.jwks_version))
         stages["total"].append(arrived - committed)
         stages["publish"].append(published - committed)

@@ -33,7 +33,7 @@ from worker.client.verifier import KeyCache, RedisKeys
 from worker.core import keys
 from worker.core.errors import InvalidToken
 from worker.publish.jwks import publish_realm
-from worker.publish.relay import Relay, relay_after_commit
+from worker.publish.relay import Relay
 from worker.service import Service
 
 REVOCATIONS_PER_RUN = 20
@@ -138,7 +138,7 @@ def run() -> Report:
         ]
         for realm_id in realm_ids:
             publish_realm(dep.service, publisher, realm_id)
-        relay_after_commit(relay)
+        relay.relay()
         worker = celery_worker("revocation", dep.env, dep.folder, concurrency=1)
         server, base = start_server(dep, "keyrotor")
         app = dep.celery()

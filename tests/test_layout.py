@@ -84,5 +84,7 @@ def test_client_libraries_load_without_the_server_stack() -> None:
         "import worker.client.verifier, worker.client.signer, worker.client.subscriber\n"
         f"print(sorted(m for m in {SERVER_STACK!r} if m in sys.modules))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]"

@@ -13,6 +13,7 @@ from worker.core.errors import ConfigError
 from worker.core.lifecycle import Policy
 from worker.core.sealing import MasterKeys, load_or_create_key_file
 from worker.publish.jwks import Publisher
+from worker.publish.relay import Relay
 from worker.service import Limits, Service
 from worker.settings import Settings
 from worker.store.db import make_engine, session_factory
@@ -88,3 +89,15 @@ def redis_client(url: str) -> redis.Redis:
 
 def publisher(settings: Settings) -> Publisher:
     return Publisher(redis_client(require_redis_url(settings)), settings.jwks_dir)
+
+
+def relay(settings: Settings, service: Service, client: redis.Redis | None = None) -> Relay:
+    """The relay that publishes each change after its commit (`Relay.after_commit`), on the
+    configured Redis unless a client is given."""
+    client = client or redis_client(require_redis_url(settings))
+    return Relay(
+        service,
+        client,
+        maxlen=settings.events_stream_maxlen,
+        publisher=Publisher(client, settings.jwks_dir),
+    )

@@ -18,7 +18,7 @@ from tests.support.stack import make_stack, wait_for
 from worker.client.subscriber import Subscriber
 from worker.core.lifecycle import State
 from worker.publish.jwks import redis_key
-from worker.publish.relay import Relay, relay_after_commit
+from worker.publish.relay import Relay
 from worker.service import Service
 from worker.store import outbox
 
@@ -104,8 +104,8 @@ def test_the_jwks_is_published_before_the_event_that_announces_it(
 
 def test_with_redis_away_events_wait_in_the_outbox(service: Service) -> None:
     away = redis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
-    service.create_realm("acme", algo="es256")
-    assert relay_after_commit(Relay(service, away)) == 0  # logged, not raised
+    realm = service.create_realm("acme", algo="es256")
+    assert Relay(service, away).after_commit(realm["id"]) == 0  # logged, not raised
     assert outbox.count_unpublished(service.sessions) == 1
 
 

@@ -47,14 +47,9 @@ def published(view: dict[str, Any]) -> dict[str, Any]:
     """Publish the changed realm's JWKS, then relay its events, when a Redis is known; else
     the worker's sweeps catch up."""
     from worker import runtime
-    from worker.publish.jwks import publish_realm
-    from worker.publish.relay import Relay, relay_after_commit
 
     if runtime.redis_url(settings()) is not None:
-        publisher = runtime.publisher(settings())
-        publish_realm(service(), publisher, view.get("realm_id", view["id"]))
-        maxlen = settings().events_stream_maxlen
-        relay_after_commit(Relay(service(), publisher.redis, maxlen=maxlen, publisher=publisher))
+        runtime.relay(settings(), service()).after_commit(view.get("realm_id", view["id"]))
     return view
 
 

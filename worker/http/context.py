@@ -19,8 +19,7 @@ from worker import runtime
 from worker.core.clock import Clock
 from worker.core.errors import NotFound
 from worker.http.auth import AdminAuthenticator
-from worker.publish.jwks import Publisher, publish_realm
-from worker.publish.relay import Relay, relay_after_commit
+from worker.publish.relay import Relay
 from worker.service import Service
 from worker.settings import Settings
 from worker.store.admin_keys import AdminKeys
@@ -56,7 +55,6 @@ class RedisHandle:
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
         self.settings = settings
         self._client = client
-        self._publisher: Publisher | None = None
         self._relay: Relay | None = None
         self._resting_until = 0.0
 
@@ -79,19 +77,14 @@ class RedisHandle:
     def failed(self) -> None:
         self._resting_until = time.monotonic() + REDIS_REST
 
-    def publisher_and_relay(self, service: Service) -> tuple[Publisher, Relay] | None:
+    def relay(self, service: Service) -> Relay | None:
+        """The relay on this handle's client, once Redis is known."""
         client = self.client()
         if client is None:
             return None
-        if self._publisher is None or self._relay is None:
-            self._publisher = Publisher(client, self.settings.jwks_dir)
-            self._relay = Relay(
-                service,
-                client,
-                maxlen=self.settings.events_stream_maxlen,
-                publisher=self._publisher,
-            )
-        return self._publisher, self._relay
+        if self._relay is None:
+            self._relay = runtime.relay(self.settings, service, client)
+        return self._relay
 
 
 @dataclass
@@ -207,12 +200,9 @@ class HttpContext:
         committed whatever happens here; `reconcile_jwks` and `relay_events` catch up."""
         try:
             self.recent.clear()
-            wired = self.redis.publisher_and_relay(self.service)
-            if wired is None:
-                return
-            publisher, relay = wired
-            publish_realm(self.service, publisher, realm_id)
-            relay_after_commit(relay)
+            relay = self.redis.relay(self.service)
+            if relay is not None:
+                relay.after_commit(realm_id)
         except Exception:
             log.exception("publishing %s after a commit failed; the sweeps will retry", realm_id)
 

@@ -22,8 +22,8 @@ from worker.core.clock import rfc3339
 from worker.core.errors import NotFound
 from worker.jobs.app import RETRY_DELAY_MAX
 from worker.ops.metrics import count_rotation_failure
-from worker.publish.jwks import Publisher, publish_realm
-from worker.publish.relay import Relay, relay_after_commit
+from worker.publish.jwks import Publisher
+from worker.publish.relay import Relay
 from worker.service import Change, Service
 from worker.settings import Settings, load_settings
 
@@ -55,11 +55,10 @@ class Context:
 def context() -> Context:
     """Built once per worker process, after the fork (so no connection crosses it)."""
     settings = load_settings()
-    service, publisher = runtime.build_service(settings), runtime.publisher(settings)
-    relay = Relay(
-        service, publisher.redis, maxlen=settings.events_stream_maxlen, publisher=publisher
-    )
-    return Context(settings, service, publisher, relay)
+    service = runtime.build_service(settings)
+    relay = runtime.relay(settings, service)
+    assert relay.publisher is not None
+    return Context(settings, service, relay.publisher, relay)
 
 
 @worker_process_init.connect
@@ -78,9 +77,7 @@ def _catch_up(**_: Any) -> None:
 def publish(realm_id: str) -> None:
     """After a commit: the realm's JWKS first, then the events, so none announces keys that
     are not published yet."""
-    ctx = context()
-    publish_realm(ctx.service, ctx.publisher, realm_id)
-    relay_after_commit(ctx.relay)
+    context().relay.after_commit(realm_id)
 
 
 def report(change: Change | None) -> None:

@@ -102,6 +102,21 @@ class Relay:
                 log.info("%d event(s) had been relayed already (another relay)", repeats)
         return len(sending)
 
+    def after_commit(self, realm_id: str) -> int:
+        """What follows every committed change, from a task, the HTTP API or the CLI alike: the
+        realm's JWKS first, then the events, so no event announces keys not yet published.
+
+        Failures are only logged: the change and its event are committed, and the
+        `reconcile_jwks` and `relay_events` sweeps finish the job. Returns the events sent.
+        """
+        if self.publisher is not None:
+            publish_realm(self.service, self.publisher, realm_id)
+        try:
+            return self.relay()
+        except (redis.RedisError, SQLAlchemyError) as error:
+            log.warning("events not relayed yet (%s); the relay sweep will retry", error)
+            return 0
+
     def relay_all(self, limit: int = BATCH, max_batches: int = 20) -> int:
         """Drain the backlog a batch at a time, bounded so one task never runs for long."""
         total = 0
@@ -128,13 +143,3 @@ class Relay:
             ):
                 held.add(realm_id)
         return held
-
-
-def relay_after_commit(relay: Relay) -> int:
-    """Send what a commit just wrote; a failure is only logged, since the event is safe in the
-    outbox and the `keyrotor.relay_events` sweep sends it."""
-    try:
-        return relay.relay()
-    except (redis.RedisError, SQLAlchemyError) as error:
-        log.warning("events not relayed yet (%s); the relay sweep will retry", error)
-        return 0
