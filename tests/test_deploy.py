@@ -428,6 +428,7 @@ def test_every_metric_an_alert_uses_is_one_keyrotor_exports(stack: Stack) -> Non
 def test_promtool_checks_and_unit_tests_the_rules() -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
+        assert not os.environ.get("CI"), "promtool is missing: .ci/run installs Debian's prometheus"
         pytest.skip("promtool is not installed: the rules were checked by their YAML shape")
     for args in (["check", "rules", str(ALERTS)], ["test", "rules", "alerts.test.yaml"]):
         result = subprocess.run(
