@@ -24,7 +24,7 @@ PAUSED_WORKER = Path(__file__).parents[1] / "support" / "paused_worker.py"
 
 def states(stack: Stack, realm: str) -> dict[str, str]:
     page = stack.service.list_keys(realm=realm)
-    return {k["id"]: k["state"] for k in page.collection}
+    return {k.id: k.state for k in page.collection}
 
 
 def active_key(stack: Stack, realm: str) -> str:
@@ -61,15 +61,15 @@ def test_beat_and_worker_rotate_a_realm_on_schedule_and_publish_it(stack: Stack)
     second = wait_for(rotated, 15, "the scheduled rotation")
     assert states(stack, "acme")[first] == State.EXPIRED
     # published before it signed, and still published while in grace
-    assert sorted(wait_for(lambda: file_kids(stack, realm["id"]) or None, 5, "file")) == sorted(
+    assert sorted(wait_for(lambda: file_kids(stack, realm.id) or None, 5, "file")) == sorted(
         [first, second]
     )
     wait_for(lambda: first not in states(stack, "acme"), 15, "the old key's purge")
-    wait_for(lambda: first not in published_kids(stack, realm["id"]), 5, "JWKS without it")
-    assert reasons(stack, realm["id"])[:3] == ["realm.created", "key.created", "key.rotated"]
+    wait_for(lambda: first not in published_kids(stack, realm.id), 5, "JWKS without it")
+    assert reasons(stack, realm.id)[:3] == ["realm.created", "key.created", "key.rotated"]
     # the purge may share a transaction (and so an event) with the next key's creation
     with transaction(stack.service.sessions, read_only=True) as session:
-        later = session.scalars(select(Event).where(Event.realm_id == realm["id"]).offset(3))
+        later = session.scalars(select(Event).where(Event.realm_id == realm.id).offset(3))
         assert any(first in event.key_ids for event in later)
     assert "rotated acme" in stack.log("w1")
 
@@ -80,7 +80,7 @@ def make_due_soon(stack: Stack, name: str) -> str:
         name, rotation_period=timedelta(seconds=20), prepublish=timedelta(seconds=18)
     )
     wait_for(lambda: stack.service.due_realm_ids(utcnow()), 10, f"{name} to fall due")
-    return str(realm["id"])
+    return realm.id
 
 
 def test_two_workers_and_duplicated_deliveries_make_exactly_one_change(stack: Stack) -> None:
@@ -105,7 +105,7 @@ def test_a_worker_killed_mid_rotation_leaves_the_old_state_and_the_redelivery_fi
     stack.worker("paused", "--concurrency", "1", script=PAUSED_WORKER, PAUSE_MARKER=str(marker))
     realm_id = make_due_soon(stack, "acme")
     stack.send("keyrotor.rotate_realm", realm_id)
-    child = int(wait_for(lambda: marker.exists() and marker.read_text(), 15, "the pause"))
+    child = int(wait_for(lambda: marker.read_text() if marker.exists() else None, 15, "the pause"))
     # Inside the open transaction: nothing of the rotation is visible.
     assert list(states(stack, "acme").values()) == [State.ACTIVE]
     os.kill(child, signal.SIGKILL)
@@ -161,11 +161,11 @@ def test_revoke_replaces_the_active_key_at_once_and_promotes_a_pending_one(stack
         10,
         "the revocation",
     )
-    wait_for(lambda: published_kids(stack, realm["id"]) == [second], 5, "JWKS without it")
-    assert file_kids(stack, realm["id"]) == [second]
+    wait_for(lambda: published_kids(stack, realm.id) == [second], 5, "JWKS without it")
+    assert file_kids(stack, realm.id) == [second]
 
     wait_for(lambda: stack.service.due_realm_ids(utcnow()), 10, "the next key to fall due")
-    stack.send("keyrotor.rotate_realm", realm["id"])
+    stack.send("keyrotor.rotate_realm", realm.id)
     pending = wait_for(
         lambda: [k for k, s in states(stack, "acme").items() if s == State.PENDING], 10, "pending"
     )
@@ -174,7 +174,7 @@ def test_revoke_replaces_the_active_key_at_once_and_promotes_a_pending_one(stack
     assert states(stack, "acme") == {pending[0]: State.ACTIVE}
     stack.send("keyrotor.revoke_key", second)  # twice: harmless
     wait_for(lambda: stack.log("w1").count("already gone") == 1, 10, "the duplicate")
-    assert reasons(stack, realm["id"]).count("key.revoked") == 2
+    assert reasons(stack, realm.id).count("key.revoked") == 2
 
 
 def test_purge_deletes_exactly_the_keys_past_their_grace(stack: Stack) -> None:
@@ -188,8 +188,8 @@ def test_purge_deletes_exactly_the_keys_past_their_grace(stack: Stack) -> None:
     stack.send("keyrotor.purge_expired")
     wait_for(lambda: short_old not in states(stack, "short"), 10, "the purge")
     assert states(stack, "long")[long_old] == State.EXPIRED
-    assert reasons(stack, short["id"])[-1] == "key.deleted"
-    assert reasons(stack, long["id"])[-1] == "key.rotated"
+    assert reasons(stack, short.id)[-1] == "key.deleted"
+    assert reasons(stack, long.id)[-1] == "key.rotated"
 
 
 def test_redis_down_during_a_rotation_does_not_undo_it_and_reconcile_republishes(
@@ -237,7 +237,7 @@ def test_rotate_due_keeps_no_result_handle_per_message_it_sends() -> None:
     (bench/README.md: memory). Importing the tasks needs only a broker URL, not a broker."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYROTOR_")}
     env.update(KEYROTOR_REDIS_URL="redis://127.0.0.1:1/0", PYTHONPATH=str(ROOT))
-    code = "from worker import tasks; print(tasks.rotate_due.trail)"
+    code = "from worker.jobs import tasks; print(tasks.rotate_due.trail)"
     found = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
