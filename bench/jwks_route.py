@@ -84,9 +84,9 @@ def run() -> Report:
     with deployment("jwks", log_level="WARNING") as dep:
         realm = dep.service.create_realm("bench", algo="es256")
         dep.service.rotate("bench", force=True)  # two keys: an active and an expired one
-        publish_realm(dep.service, runtime.publisher(dep.settings), realm["id"])
-        path = f"/realms/{realm['id']}/.well-known/jwks.json"
-        document = body(dep.service.jwks(realm["id"]))
+        publish_realm(dep.service, runtime.publisher(dep.settings), realm.id)
+        path = f"/realms/{realm.id}/.well-known/jwks.json"
+        document = body(dep.service.jwks(realm.id))
         constant = Path(dep.folder) / "jwks.json"
         constant.write_bytes(document)
         real, real_url = start_server(dep, "keyrotor")

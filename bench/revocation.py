@@ -133,9 +133,7 @@ def run() -> Report:
     with deployment("revocation") as dep:
         publisher = runtime.publisher(dep.settings)
         relay = Relay(dep.service, publisher.redis, publisher=publisher)
-        realm_ids = [
-            dep.service.create_realm(f"bench-{n}", algo="es256")["id"] for n in range(REALMS)
-        ]
+        realm_ids = [dep.service.create_realm(f"bench-{n}", algo="es256").id for n in range(REALMS)]
         for realm_id in realm_ids:
             publish_realm(dep.service, publisher, realm_id)
         relay.relay()

@@ -68,7 +68,7 @@ def compare(subject: Callable[[], object], anchor: Callable[[], object]) -> Comp
 def measure(service: Service, signer: Signer, cache: KeyCache, algo: str) -> dict[str, Comparison]:
     """One realm of `algo`: the signer against raw and hand-stamped encoding, the key cache
     against raw decoding, all with the very key objects the signer and cache hold."""
-    realm = service.create_realm(f"bench-{algo}", algo=algo)["id"]
+    realm = service.create_realm(f"bench-{algo}", algo=algo).id
     token = signer.sign(realm, {"sub": "user-1"})
     loaded = signer.loaded(realm)
     cache.verify(realm, token)

@@ -113,7 +113,7 @@ def service(engine: Engine, master_keys: MasterKeys, clock: FakeClock) -> Servic
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The CI Redis when named, else an embedded Valkey server this session starts and stops."""
+    """The CI Redis when named, else an embedded Valkey server this test run starts and stops."""
     if REDIS_URL:
         yield REDIS_URL
         return

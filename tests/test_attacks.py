@@ -157,7 +157,7 @@ def deployment(
             service = api.stack.service
             realms = {}
             for name, algo in (("victim", "rs256"), ("victim-es", "es256"), ("other", "rs256")):
-                realm_id = service.create_realm(name, algo=algo)["id"]
+                realm_id = service.create_realm(name, algo=algo).id
                 api.stack.publisher.publish(service.publication(realm_id))
                 realms[name] = realm_id
             cache = KeyCache(RedisKeys(api.stack.redis), clock_skew=api.stack.settings.clock_skew)
@@ -200,7 +200,8 @@ def admin_target(deployment: Deployment) -> Target:
         if response.status_code == 200:
             return None
         assert response.status_code in (400, 401, 431), response.text
-        return response.headers.get("WWW-Authenticate", str(response.status_code))
+        challenge: str = response.headers.get("WWW-Authenticate", str(response.status_code))
+        return challenge
 
     def imports(private_pem: str, _: dict[str, Any]) -> bool:
         before = _key_rows(deployment)
@@ -235,7 +236,7 @@ def verifier_target(deployment: Deployment) -> Target:
     kid, key = _signing_key(deployment, deployment.rs_realm)
     es_kid, _ = _signing_key(deployment, deployment.es_realm)
     other_kid, other_key = _signing_key(deployment, deployment.other_realm)
-    public_pem = deployment.api.stack.service.get_key(kid)["key"]
+    public_pem = deployment.api.stack.service.get_key(kid).key
 
     def claims(**changes: Any) -> dict[str, Any]:
         now = int(time.time())

@@ -23,7 +23,7 @@ from worker.settings import load_settings
 from worker.store import stats
 
 BIN = Path(sys.executable).parent
-HONCHO_START = [BIN / "honcho", "start", "--no-colour"]
+HONCHO_START: list[str | Path] = [BIN / "honcho", "start", "--no-colour"]
 
 
 def procfile_types() -> dict[str, str]:
@@ -73,7 +73,7 @@ def test_honcho_starts_the_procfile_which_serves_a_jwks_and_rotates(
     assert release.returncode == 0, release.stderr
     service = build_service(load_settings(**values))
     realm = service.create_realm("acme")
-    first_kid = realm_key(service, realm["id"])
+    first_kid = realm_key(service, realm.id)
 
     output = tmp_path / "honcho.log"
     with open(output, "wb") as log:
@@ -88,12 +88,12 @@ def test_honcho_starts_the_procfile_which_serves_a_jwks_and_rotates(
             start_new_session=True,
         )
     try:
-        url = f"http://127.0.0.1:{values['http_port']}/realms/{realm['id']}/.well-known/jwks.json"
+        url = f"http://127.0.0.1:{values['http_port']}/realms/{realm.id}/.well-known/jwks.json"
         wait_for(lambda: served_kids(url), 30, f"the JWKS at {url}")
         wait_for(
             lambda: stats.events_by_reason(service.sessions).get("key.rotated"), 30, "a rotation"
         )
-        second_kid = realm_key(service, realm["id"])
+        second_kid = realm_key(service, realm.id)
         assert second_kid != first_kid
         wait_for(lambda: second_kid in served_kids(url), 10, "the new key in the served JWKS")
 
@@ -102,7 +102,7 @@ def test_honcho_starts_the_procfile_which_serves_a_jwks_and_rotates(
             10,
             "the worker's JSON log line of the rotation",
         )
-        assert rotated[0]["realm_id"] == realm["id"] and rotated[0]["key_id"] == second_kid
+        assert rotated[0]["realm_id"] == realm.id and rotated[0]["key_id"] == second_kid
         assert rotated[0]["logger"] == "keyrotor.tasks" and rotated[0]["level"] == "INFO"
         assert json_lines(output.read_text(), "beat"), "beat logs JSON lines too"
     finally:

@@ -2,7 +2,7 @@
 by a real worker, revocations, a refusal, `rewrap` under a new master key, an admin key
 rotation) with every log line (in-process at DEBUG, the worker's, the CLI's), every event,
 every error and every HTTP answer captured, then searched for each private key, HMAC secret
-and master key the run held. The one place a secret may appear is the contract's own: the
+and master key the run held. The one place a secret may appear is where the API puts it: the
 `key` member of an hs256 key object in the admin API. Files that hold secrets are 0600, and
 outside development a missing master key is a refusal to start, not a generated file.
 """
@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 
 from tests.support.live import LiveServer, admin_token
+from tests.support.replies import xrange
 from tests.support.stack import ROOT, Stack, make_stack, wait_for
 from worker.client.events import STREAM
 from worker.core.sealing import MasterKeys, generate_master_key
@@ -123,7 +124,7 @@ class Lifecycle:
 
 
 def _without_hmac_keys(text: str) -> str:
-    """The contract's one exposure: an hs256 key object carries its secret as `key`."""
+    """The API's one exposure: an hs256 key object carries its secret as `key`."""
     try:
         data = json.loads(text)
     except ValueError:
@@ -132,7 +133,7 @@ def _without_hmac_keys(text: str) -> str:
     def scrub(value: Any) -> Any:
         if isinstance(value, dict):
             if value.get("object") == "jwt_key" and value.get("algo") == "hs256":
-                value = {**value, "key": "[the hs256 secret, as the contract says]"}
+                value = {**value, "key": "[the hs256 secret, as the API returns it]"}
             return {k: scrub(v) for k, v in value.items()}
         if isinstance(value, list):
             return [scrub(v) for v in value]
@@ -213,11 +214,11 @@ def test_no_secret_appears_in_any_log_event_error_or_answer(lifecycle: Lifecycle
     for realm_id in realms.values():
         stack.send("keyrotor.rotate_realm", realm_id, True)
     for algo, realm_id in realms.items():
-        wait_for(
-            lambda realm_id=realm_id: "rotated" in stack.log("w1") and realm_id in stack.log("w1"),
-            30,
-            f"the rotation of {algo}",
-        )
+        # a def, not a lambda: mypy cannot infer a lambda with a default against `Callable[[], T]`
+        def rotated(realm_id: str = realm_id) -> bool:
+            return "rotated" in stack.log("w1") and realm_id in stack.log("w1")
+
+        wait_for(rotated, 30, f"the rotation of {algo}")
     run.harvest()
     keys_now = run.call("GET", "/v1/jwt_keys", params={"max_results": 100}).json()["collection"]
     active = {k["realm_id"]: k["id"] for k in keys_now if k["state"] == "active"}
@@ -251,17 +252,17 @@ def test_no_secret_appears_in_any_log_event_error_or_answer(lifecycle: Lifecycle
     run.cli("keys", "list", "--json", env=both)
     run.cli("jwks", "es256", env=both)
     run.cli("doctor", "--json", env=both)
-    for _, fields in stack.redis.xrange(STREAM):
+    for _, fields in xrange(stack.redis, STREAM):
         capture.add(fields[b"event"].decode())
     for name in stack.redis.scan_iter("keyrotor:*"):
-        kind = stack.redis.type(name).decode()
+        kind = cast(bytes, stack.redis.type(name)).decode()  # the client does not decode
         if kind == "hash":
             capture.add(repr(stack.redis.hgetall(name)))
         elif kind == "string":
             capture.add(repr(stack.redis.get(name)))
-    for path in stack.settings.jwks_dir.rglob("*"):
-        if path.is_file():
-            capture.add(path.read_text(errors="replace"))
+    for file in stack.settings.jwks_dir.rglob("*"):
+        if file.is_file():
+            capture.add(file.read_text(errors="replace"))
     stack.stop("w1")
     capture.add(stack.log("w1"))
     assert "DEBUG" in stack.log("w1")  # the worker did log at DEBUG: there was something to see

@@ -8,9 +8,9 @@ from functools import cache
 import redis
 from sqlalchemy import Engine
 
+from worker.client import events
 from worker.core.clock import Clock, utcnow
 from worker.core.errors import ConfigError
-from worker.core.lifecycle import Policy
 from worker.core.sealing import MasterKeys, load_or_create_key_file
 from worker.publish.jwks import Publisher
 from worker.publish.relay import Relay
@@ -23,14 +23,7 @@ log = logging.getLogger(__name__)
 
 def limits(settings: Settings) -> Limits:
     return Limits(
-        default_policy=Policy(
-            algo=settings.algo,
-            rotation_period=settings.rotation_period,
-            prepublish=settings.prepublish,
-            grace=settings.grace,
-            max_token_ttl=settings.max_token_ttl,
-            rsa_bits=settings.rsa_bits,
-        ),
+        default_policy=settings.default_policy,
         clock_skew=settings.clock_skew,
         jwks_max_age=settings.jwks_max_age,
     )
@@ -40,7 +33,7 @@ def master_keys(settings: Settings) -> MasterKeys:
     """The configured master keys; in development without any, a generated key file."""
     if settings.master_keys is not None:
         return MasterKeys.from_text(settings.master_keys)
-    path = settings.var_dir / "master.key"
+    path = settings.master_key_file
     text, created = load_or_create_key_file(path)
     if created:
         log.warning(
@@ -83,8 +76,10 @@ def require_redis_url(settings: Settings) -> str:
 
 
 @cache
-def redis_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+def redis_client(url: str, *, timeout: float = 5.0, fail_fast: bool = False) -> redis.Redis:
+    """One client (and pool) per Redis and set of options per process: the server side's only
+    way to Redis. `fail_fast` for callers that have another source or report the failure."""
+    return events.redis_client(url, timeout=timeout, fail_fast=fail_fast)
 
 
 def publisher(settings: Settings) -> Publisher:

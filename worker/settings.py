@@ -18,6 +18,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.core import keys, lifecycle
 from worker.core.durations import format_duration, parse_duration
 from worker.core.errors import ConfigError, InvalidInput
 from worker.core.sealing import parse_master_keys
@@ -27,27 +28,18 @@ ENV_PREFIX = "KEYROTOR_"
 Env = Literal["development", "production"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["auto", "json", "text"]
-Algo = Literal["hs256", "rs256", "ps256", "es256", "eddsa"]
-RsaBits = Literal[2048, 3072, 4096]
 
 ENVS: tuple[Env, ...] = ("development", "production")
 LOG_LEVELS: tuple[LogLevel, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "json", "text")
-ALGOS: tuple[Algo, ...] = ("hs256", "rs256", "ps256", "es256", "eddsa")
-RSA_BITS: tuple[RsaBits, ...] = (2048, 3072, 4096)
 
 
 def _duration(value: object) -> timedelta:
     """Turn `30d`, `1h30m` or bare seconds into a timedelta, as a pydantic-readable ValueError."""
     try:
-        return parse_duration(cast("str | int | float | timedelta", value))
+        return parse_duration(value)
     except InvalidInput as exc:
         raise ValueError(str(exc)) from None
-    except (OverflowError, ValueError, TypeError):
-        # parse_duration lets huge, NaN or non-ASCII-digit input escape as a bare Python error.
-        raise ValueError(
-            f"invalid duration {value!r} (use e.g. 30d, 6h, 5m, 90s; at most 3650d)"
-        ) from None
 
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
@@ -133,7 +125,7 @@ class Settings(BaseSettings):
     http_host: NonEmpty = "127.0.0.1"
     http_port: Annotated[int, _between(1, 65535)] = 8080
     admin_audience: NonEmpty = "keyrotor-admin"
-    # Unset: admin tokens need no `iss` (the Authgear sample has none); set: `iss` must match.
+    # Unset: admin tokens need no `iss` (a plain admin token has none); set: `iss` must match.
     admin_issuer: NonEmpty | None = None
     admin_token_max_ttl: Annotated[Duration, _at_least(timedelta(seconds=1))] = timedelta(hours=1)
     clock_skew: Duration = timedelta(seconds=60)
@@ -144,33 +136,28 @@ class Settings(BaseSettings):
     log_format: Annotated[LogFormat, _choice(LOG_FORMATS, str.lower)] = "auto"
 
     # Defaults for the policy of a realm created without one.
-    algo: Annotated[Algo, _choice(ALGOS, str.lower)] = "rs256"
+    algo: Annotated[keys.Algo, _choice(keys.ALGOS, str.lower)] = "rs256"
     rotation_period: Duration = timedelta(days=30)
     prepublish: Duration = timedelta(hours=1)
     grace: Duration = timedelta(hours=6)
     max_token_ttl: Annotated[Duration, _at_least(timedelta(seconds=1))] = timedelta(hours=1)
-    rsa_bits: Annotated[RsaBits, _choice(RSA_BITS, _rsa_bits)] = 2048
+    rsa_bits: Annotated[keys.RsaBits, _choice(keys.RSA_BITS, _rsa_bits)] = 2048
 
     @model_validator(mode="after")
     def _policy_is_safe(self) -> Self:
-        """Refuse policies under which verifiers would reject valid tokens or miss new keys."""
+        """Refuse a default policy under which verifiers would reject valid tokens or miss new
+        keys (the rules every realm's policy passes, naming the variables), and production
+        without master keys."""
         problems = []
-        if self.grace < self.max_token_ttl + self.clock_skew:
-            problems.append(
-                f"{_var('grace')} ({format_duration(self.grace)}) must be at least "
-                f"{_var('max_token_ttl')} + {_var('clock_skew')} "
-                f"({format_duration(self.max_token_ttl + self.clock_skew)})"
+        try:
+            lifecycle.check_policy(
+                self.default_policy,
+                clock_skew=self.clock_skew,
+                jwks_max_age=self.jwks_max_age,
+                name=_vars,
             )
-        if self.prepublish < self.jwks_max_age:
-            problems.append(
-                f"{_var('prepublish')} ({format_duration(self.prepublish)}) must be at least "
-                f"{_var('jwks_max_age')} ({format_duration(self.jwks_max_age)})"
-            )
-        if self.rotation_period <= self.prepublish:
-            problems.append(
-                f"{_var('rotation_period')} ({format_duration(self.rotation_period)}) must be "
-                f"longer than {_var('prepublish')} ({format_duration(self.prepublish)})"
-            )
+        except InvalidInput as error:
+            problems += error.messages
         if self.env == "production" and self.master_keys is None:
             problems.append(
                 f"{_var('master_keys')} is required when {_var('env')}=production "
@@ -181,14 +168,16 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def embedded_redis(self) -> bool:
-        """True when no Redis is configured and `keyrotor run` starts its own Valkey."""
-        return self.redis_url is None
-
-    @property
-    def is_sqlite(self) -> bool:
-        """True for the embedded SQLite database (no concurrent writers across hosts)."""
-        return self.database_url.startswith("sqlite")
+    def default_policy(self) -> lifecycle.Policy:
+        """The policy of a realm created without one."""
+        return lifecycle.Policy(
+            algo=self.algo,
+            rotation_period=self.rotation_period,
+            prepublish=self.prepublish,
+            grace=self.grace,
+            max_token_ttl=self.max_token_ttl,
+            rsa_bits=self.rsa_bits,
+        )
 
     @property
     def master_key_file(self) -> Path:
@@ -210,6 +199,11 @@ def load_settings(**overrides: object) -> Settings:
 
 def _var(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
+
+
+def _vars(*fields: str) -> str:
+    """Settings as `lifecycle.check_policy` names them here: `KEYROTOR_GRACE`, or a sum."""
+    return " + ".join(_var(field) for field in fields)
 
 
 def _describe(exc: ValidationError) -> str:

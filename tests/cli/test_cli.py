@@ -311,6 +311,8 @@ def test_malformed_input_is_one_line_with_status_2_and_writes_nothing(
         (("keys", "create", "acme", "--key-file", "missing.pem"), {}, ("missing.pem",)),
         (("realms", "create", "other", "--algo", "es256"), {"grace": "soon"}, ("KEYROTOR_GRACE",)),
         (("realms", "list", "--direction", "sideways"), {}, ("--direction",)),
+        (("realms", "list", "--sort", "created_at"), {}, ("--sort", "'created_at'")),
+        (("keys", "list", "--sort", "name"), {}, ("--sort", "'name'")),
     ]
     assert_all_refused_and_nothing_written(cli, tmp_path, cases)
 

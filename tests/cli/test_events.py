@@ -117,9 +117,12 @@ def test_events_prints_json_lines_and_follows_the_stream(
         text=True,
     )
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(
-        target=lambda: [lines.put(x) for x in follower.stdout or []], daemon=True
-    ).start()
+
+    def pump() -> None:
+        for line in follower.stdout or []:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
     try:
         assert cli("rotate", "acme").returncode == 0
         assert cli("rotate", "beta").returncode == 0  # another realm: filtered out

@@ -1,4 +1,4 @@
-"""`realm.updated` on the wire: every reason the contract lists arrives, in the exact payload."""
+"""`realm.updated` on the wire: every documented reason arrives, in the exact payload."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy import delete
 
 from tests.conftest import FakeClock
 from tests.support.events import Collector, Events, make_events
+from tests.support.replies import xrange
 from worker.client.events import CHANNEL, FIELDS, REASONS, STREAM, decode, encode, entry_id_of
 from worker.client.subscriber import Subscriber
 from worker.core.lifecycle import State
@@ -28,12 +29,12 @@ def wire(service: Service, redis_url: str, tmp_path: Path) -> Events:
 
 
 def key_in(service: Service, realm: str, state: State) -> str:
-    (kid,) = [k["id"] for k in service.list_keys(realm=realm).collection if k["state"] == state]
+    (kid,) = [k.id for k in service.list_keys(realm=realm).collection if k.state == state]
     return kid
 
 
 def every_reason(service: Service, clock: FakeClock) -> dict[str, str]:
-    """Drive two realms through every change the contract names; returns realm ids."""
+    """Drive two realms through every documented kind of change; returns realm ids."""
     acme = service.create_realm("acme", algo="es256")  # realm.created
     service.update_realm("acme", max_token_ttl=timedelta(minutes=30))  # realm.policy_changed
     service.create_key("acme")  # key.created (pending)
@@ -48,17 +49,17 @@ def every_reason(service: Service, clock: FakeClock) -> dict[str, str]:
     service.create_key("beta")
     with transaction(service.sessions) as session:
         session.execute(
-            delete(JwtKey).where(JwtKey.state == State.ACTIVE, JwtKey.realm_id == beta["id"])
+            delete(JwtKey).where(JwtKey.state == State.ACTIVE, JwtKey.realm_id == beta.id)
         )
     service.rotate("beta")  # key.activated
     service.delete_realm("beta")  # key.deleted, naming every key the realm had
-    return {"acme": acme["id"], "beta": beta["id"]}
+    return {"acme": acme.id, "beta": beta.id}
 
 
 def test_every_reason_arrives_at_a_subscriber_and_on_the_channel_in_the_exact_payload(
     wire: Events, service: Service, clock: FakeClock
 ) -> None:
-    listener = wire.redis.pubsub()
+    listener = wire.redis.pubsub()  # type: ignore[no-untyped-call]  # unannotated in redis-py
     listener.subscribe(CHANNEL)
     assert listener.get_message(timeout=5)["type"] == "subscribe"
     got = Collector()
@@ -93,9 +94,9 @@ def test_every_reason_arrives_at_a_subscriber_and_on_the_channel_in_the_exact_pa
 
 def test_no_key_material_in_any_event(wire: Events, service: Service, clock: FakeClock) -> None:
     every_reason(service, clock)
-    secrets = [k["key"] for k in service.list_keys().collection]  # the keys still stored
+    secrets = [k.key for k in service.list_keys().collection]  # the keys still stored
     wire.send()
-    text = b"\n".join(fields[b"event"] for _, fields in wire.redis.xrange(STREAM)).decode()
+    text = b"\n".join(fields[b"event"] for _, fields in xrange(wire.redis, STREAM)).decode()
     assert "jsk_" not in text and "BEGIN" not in text
     assert not any(secret in text for secret in secrets)
     for event in wire.stream():
@@ -108,7 +109,7 @@ def test_the_relay_remembers_which_stream_entry_each_event_became(
     service.create_realm("acme", algo="es256")
     wire.send()
     (event,) = wire.outbox()
-    ((entry_id, fields),) = wire.redis.xrange(STREAM)
+    ((entry_id, fields),) = xrange(wire.redis, STREAM)
     assert entry_id_of(wire.redis, event.id) == entry_id.decode()
     assert decode(fields[b"event"]) == payload(event)
     assert entry_id_of(wire.redis, "evt_unknown") is None

@@ -13,7 +13,6 @@ import pytest
 from tests.support.events import Collector, Events, make_events
 from tests.support.jwks_http import serve_jwks
 from tests.support.stack import wait_for
-from worker.client import signer
 from worker.client.signer import Signer
 from worker.client.subscriber import Subscriber
 from worker.client.verifier import KeyCache, RedisKeys
@@ -29,9 +28,7 @@ def wire(service: Service, redis_url: str, tmp_path: Path) -> Events:
 
 
 def active(service: Service, realm: str) -> str:
-    (kid,) = [
-        k["id"] for k in service.list_keys(realm=realm).collection if k["state"] == State.ACTIVE
-    ]
+    (kid,) = [k.id for k in service.list_keys(realm=realm).collection if k.state == State.ACTIVE]
     return kid
 
 
@@ -45,14 +42,14 @@ def test_signs_with_the_active_key_and_the_claims_asked_for(service: Service, wi
     )  # fmt: skip
     header = jwt.get_unverified_header(token)
     assert header == {"alg": "ES256", "kid": active(service, "acme"), "typ": "JWT"}
-    claims = KeyCache(RedisKeys(wire.redis)).verify(realm["id"], token, audience="api")
+    claims = KeyCache(RedisKeys(wire.redis)).verify(realm.id, token, audience="api")
     assert claims["exp"] - claims["iat"] == 300
     assert abs(claims["iat"] - time.time()) < 60
     assert claims["nbf"] == int(nbf.timestamp())
     assert (claims["sub"], claims["scope"], claims["iss"], claims["jti"]) == (
         "u1", ["read"], "https://id.example", "t-1",
     )  # fmt: skip
-    default = jwt.decode(Signer(service).sign(realm["id"]), options={"verify_signature": False})
+    default = jwt.decode(Signer(service).sign(realm.id), options={"verify_signature": False})
     assert default["exp"] - default["iat"] == 600  # no ttl given: the realm's max
 
 
@@ -89,7 +86,7 @@ def test_the_private_key_is_loaded_once_not_per_token(
         loads.append(algo)
         return load(algo, secret)
 
-    monkeypatch.setattr(signer.keys, "load_signing_key", counted)
+    monkeypatch.setattr(keys, "load_signing_key", counted)  # the module signer uses
     signing = Signer(service)
     tokens = {signing.sign("acme", {"n": n}, timedelta(minutes=1)) for n in range(50)}
     assert len(tokens) == 50 and loads == ["es256"]
@@ -132,7 +129,7 @@ def test_tokens_verify_with_pyjwts_jwks_client_against_the_published_jwks(
     with serve_jwks(wire.redis) as url:
         for _ in range(2):
             token = signing.sign("acme", {"sub": "u1"}, timedelta(minutes=5), aud="api")
-            client = jwt.PyJWKClient(url.replace("{realm}", realm["id"]))
+            client = jwt.PyJWKClient(url.replace("{realm}", realm.id))
             key = client.get_signing_key_from_jwt(token)
             claims = jwt.decode(token, key.key, algorithms=["RS256"], audience="api")
             assert claims["sub"] == "u1"

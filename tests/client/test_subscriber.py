@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from tests.support.events import Collector, Events, make_events
+from tests.support.replies import xrange
 from tests.support.stack import wait_for
 from worker.client.events import STREAM, encode
 from worker.client.subscriber import CLIENT_NAME, Subscriber, events, subscribe
@@ -96,10 +97,10 @@ def test_repeats_are_dropped_by_event_id_and_other_realms_filtered_out(
     everything, only_acme = Collector(), Collector()
     with (
         Subscriber(wire.url, everything, since="0"),
-        Subscriber(wire.url, only_acme, since="0", realm=acme["id"]),
+        Subscriber(wire.url, only_acme, since="0", realm=acme.id),
     ):
         everything.wait_for_ids(wire.outbox_ids())
-        only_acme.wait_for_ids(wire.outbox_ids(acme["id"]))
+        only_acme.wait_for_ids(wire.outbox_ids(acme.id))
     assert len(wire.stream()) == 4
 
 
@@ -126,7 +127,7 @@ def test_a_callback_that_raises_is_logged_and_the_next_event_still_comes(
 def test_a_gap_is_reported_when_the_last_entry_seen_is_gone(wire: Events, service: Service) -> None:
     service.create_realm("acme", algo="es256")
     wire.send()
-    ((seen, _),) = wire.redis.xrange(STREAM)
+    ((seen, _),) = xrange(wire.redis, STREAM)
     wire.redis.xtrim(STREAM, maxlen=0)  # trimmed away (or Redis lost its data)
     gaps = []
     got = Collector()

@@ -10,12 +10,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jwt
 import pytest
 import redis
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.support.events import Collector, Events, make_events
 from tests.support.jwks_http import serve_jwks
@@ -73,9 +74,9 @@ class Realm:
 
     def active(self) -> str:
         (kid,) = [
-            k["id"]
+            k.id
             for k in self.service.list_keys(realm=self.id).collection
-            if k["state"] == State.ACTIVE
+            if k.state == State.ACTIVE
         ]
         return kid
 
@@ -95,7 +96,7 @@ class Realm:
 def acme(service: Service, wire: Events) -> Realm:
     realm = service.create_realm("acme", algo="es256")
     wire.send()
-    return Realm(realm["id"], "acme", service)
+    return Realm(realm.id, "acme", service)
 
 
 def test_a_revoked_key_is_refused_after_one_event_with_no_cache_expiry(
@@ -246,17 +247,19 @@ def test_the_algorithm_is_the_keys_own_whatever_the_token_says(acme: Realm, wire
     cache = KeyCache(RedisKeys(wire.redis))
     cache.verify(acme.id, acme.token())
     kid = acme.active()
-    public_pem = acme.service.get_key(kid)["key"].encode()
+    public_pem = acme.service.get_key(kid).key.encode()
     now = int(time.time())
     claims = {"iat": now, "exp": now + 60}
     # The classic confusion: the public key used as an HMAC secret.
     forged = forge_hs256(public_pem, {"alg": "HS256", "typ": "JWT", "kid": kid}, claims)
     with pytest.raises(InvalidToken, match="alg 'HS256' does not match"):
         cache.verify(acme.id, forged)
-    unsigned = jwt.encode(claims, None, algorithm="none", headers={"kid": kid})
+    # PyJWT annotates no key for alg "none", which takes None
+    unsigned = jwt.encode(claims, None, algorithm="none", headers={"kid": kid})  # type: ignore[arg-type]
     with pytest.raises(InvalidToken, match="alg 'none' does not match"):
         cache.verify(acme.id, unsigned)
-    private = serialization.load_pem_private_key(keys.generate("rs256").secret, password=None)
+    pem = keys.generate("rs256").secret
+    private = cast(rsa.RSAPrivateKey, serialization.load_pem_private_key(pem, password=None))
     other = jwt.encode(claims, private, algorithm="RS256", headers={"kid": kid})
     with pytest.raises(InvalidToken, match="alg 'RS256' does not match"):
         cache.verify(acme.id, other)
@@ -278,7 +281,7 @@ def test_time_claims_are_checked_with_the_clock_skew(
     acme: Realm, wire: Events, claims: dict[str, int | None], refusal: str | None
 ) -> None:
     now = int(time.time())
-    shifted = {k: None if v is None else now + v for k, v in claims.items()}
+    shifted: dict[str, Any] = {k: None if v is None else now + v for k, v in claims.items()}
     token = acme.token(**shifted)
     cache = KeyCache(RedisKeys(wire.redis), clock_skew=timedelta(seconds=60))
     if refusal is None:
@@ -367,12 +370,12 @@ def test_a_gap_in_the_stream_refreshes_every_cached_realm(
     wire.send()
     assert cache.kids(acme.id) == before  # no event reached it
     cache.refresh_all()
-    assert set(cache.kids(acme.id)) == {k["id"] for k in service.list_keys().collection}
+    assert set(cache.kids(acme.id)) == {k.id for k in service.list_keys().collection}
 
 
 def test_service_keys_verify_hmac_realms_too(service: Service) -> None:
     service.create_realm("shared", algo="hs256")
-    realm = Realm(service.get_realm("shared")["id"], "shared", service)
+    realm = Realm(service.get_realm("shared").id, "shared", service)
     cache = KeyCache(ServiceKeys(service))
     assert cache.verify(realm.id, realm.token(sub="s"))["sub"] == "s"
     assert cache.kids(realm.id) == [realm.active()]

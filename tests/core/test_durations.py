@@ -91,7 +91,7 @@ def test_format_then_parse_round_trips(seconds: int) -> None:
 )
 def test_refusals_raise_invalid_input_on_one_line(value: object) -> None:
     with pytest.raises(InvalidInput) as caught:
-        parse_duration(value)  # type: ignore[arg-type]
+        parse_duration(value)
     assert "\n" not in str(caught.value)
 
 
@@ -129,4 +129,10 @@ def test_short_text_either_parses_or_is_refused_as_invalid_input(text: str) -> N
 )
 def test_huge_or_odd_values_are_refused_as_invalid_input(value: object) -> None:
     with pytest.raises(InvalidInput):
-        parse_duration(value)  # type: ignore[arg-type]
+        parse_duration(value)
+
+
+@pytest.mark.parametrize("value", [None, [30], {"d": 30}, b"30d"])
+def test_values_of_other_types_are_refused_as_invalid_input(value: object) -> None:
+    with pytest.raises(InvalidInput, match=r"^invalid duration .* \(use e\.g\. 30d"):
+        parse_duration(value)

@@ -413,3 +413,9 @@ def test_load_verifying_key_refuses_hs256_and_garbage() -> None:
         keys.load_verifying_key("hs256", "x")
     with pytest.raises(InvalidInput, match=r"^Key is not a valid PEM public key$"):
         keys.load_verifying_key("es256", "garbage")
+
+
+def test_the_algo_tables_agree() -> None:
+    """One list of algos: each has a JWT `alg`, and a JWKS publishes all but hs256's."""
+    assert set(JWT_ALG) == set(keys.ALGOS)
+    assert {JWT_ALG[algo] for algo in keys.ALGOS if algo != "hs256"} == keys.PUBLIC_ALGS

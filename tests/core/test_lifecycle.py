@@ -5,13 +5,14 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.core import lifecycle
-from worker.core.errors import NotFound
+from worker.core.errors import InvalidInput, NotFound
 from worker.core.lifecycle import (
     Activate,
     Create,
@@ -165,6 +166,36 @@ def test_policy_problems_name_what_is_unsafe() -> None:
     assert lifecycle.policy_problems(POLICY, clock_skew=SKEW, jwks_max_age=timedelta(0)) == []
 
 
+def test_check_policy_normalizes_the_algo_and_refuses_every_problem_at_once() -> None:
+    checked = lifecycle.check_policy(
+        Policy(algo=" ES256 "), clock_skew=SKEW, jwks_max_age=timedelta(0)
+    )
+    assert checked.algo == "es256"
+    with pytest.raises(InvalidInput) as caught:
+        lifecycle.check_policy(
+            Policy(algo="md5", rsa_bits=1024, grace=timedelta(0)),
+            clock_skew=SKEW,
+            jwks_max_age=timedelta(0),
+        )
+    assert [message.split(" ")[0] for message in caught.value.messages] == ["Algo", "Rsa", "Grace"]
+
+
+def test_check_policy_speaks_the_callers_names() -> None:
+    def env(*fields: str) -> str:
+        return " + ".join(f"ENV_{field.upper()}" for field in fields)
+
+    with pytest.raises(InvalidInput) as caught:
+        lifecycle.check_policy(
+            Policy(grace=timedelta(minutes=30)),
+            clock_skew=SKEW,
+            jwks_max_age=timedelta(0),
+            name=env,
+        )
+    assert caught.value.messages == [
+        "ENV_GRACE (30m) must be at least ENV_MAX_TOKEN_TTL + ENV_CLOCK_SKEW (1h5s)"
+    ]
+
+
 # -- simulated time: random policies, random operations -----------------------------------------
 
 
@@ -241,7 +272,9 @@ class World:
 
 @settings(max_examples=300, deadline=None)
 @given(policies(), operations)
-def test_invariants_hold_through_random_operations(policy: Policy, ops: list[tuple]) -> None:
+def test_invariants_hold_through_random_operations(
+    policy: Policy, ops: list[tuple[Any, ...]]
+) -> None:
     world = World(policy)
     world.run(lifecycle.due(policy, [], T0))
     for op in ops:

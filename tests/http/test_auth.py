@@ -1,5 +1,6 @@
-"""Admin authentication over real HTTP: the Authgear sample works, and every refusal is a 401
-with `WWW-Authenticate: Bearer error="invalid_token"` that says why."""
+"""Admin authentication over real HTTP: a plain RS256 admin token (`kid` header, `aud` list,
+`iat`, `exp`) works, and every refusal is a 401 with
+`WWW-Authenticate: Bearer error="invalid_token"` that says why."""
 
 from __future__ import annotations
 
@@ -48,14 +49,14 @@ def rsa_key() -> rsa.RSAPrivateKey:
 # -- accepted --------------------------------------------------------------------------------
 
 
-def test_the_seed_sample_token_is_accepted_unchanged(
+def test_the_documented_admin_token_is_accepted_unchanged(
     api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "private-key.pem").write_text(api.private_pem)
     monkeypatch.chdir(tmp_path)
-    KID = api.kid  # the sample's name
+    KID = api.kid  # the name docs/http-api.md uses
 
-    # -- the sample, as the seed gives it --
+    # -- the PyJWT example from docs/http-api.md, unchanged --
     private_key = open("private-key.pem").read()  # noqa: SIM115
     now = int(time.time())
     payload = {"aud": [AUDIENCE], "iat": now, "exp": now + 300}
@@ -270,7 +271,7 @@ def test_nbf_in_the_future_is_refused(api: Api) -> None:
     "token", ["abc", "a.b.c", "a.b", "....", "eyJhbGciOiJSUzI1NiJ9.e30.", "é.é.é"]
 )
 def test_a_malformed_token_is_refused(api: Api, token: str) -> None:
-    response = api.anon.get(LIST, headers={"Authorization": f"Bearer {token}".encode()})
+    response = api.anon.get(LIST, headers={b"Authorization": f"Bearer {token}".encode()})
     refused(response, "")
 
 

@@ -227,8 +227,8 @@ def test_an_overdue_change_makes_caches_revalidate(api: Api) -> None:
     realm = late.create_realm(
         "late", rotation_period=timedelta(hours=1), prepublish=timedelta(seconds=3500)
     )
-    publish_realm(service, api.stack.publisher, realm["id"])
-    assert cache_seconds(api.anon.get(jwks_path(realm["id"]))) == 0
+    publish_realm(service, api.stack.publisher, realm.id)
+    assert cache_seconds(api.anon.get(jwks_path(realm.id))) == 0
 
 
 def test_cors_preflight_is_open(api: Api) -> None:

@@ -48,7 +48,7 @@ def test_metrics_expose_the_heartbeat_and_each_rotation_period_for_the_alert_rul
     realm = stack.service.create_realm("acme")
     found = samples(stack)
     assert found[("keyrotor_beat_last_seen_timestamp_seconds", ())] == 0  # never seen
-    labels = (("realm", "acme"), ("realm_id", realm["id"]))
+    labels = (("realm", "acme"), ("realm_id", realm.id))
     assert found[("keyrotor_rotation_period_seconds", labels)] == 6  # FAST policy
     at = datetime.now(UTC)
     record_heartbeat(stack.redis, Heartbeat(at, "h", 1))

@@ -1,11 +1,13 @@
-"""The guard in worker/broker.py: a channel of a closed broker connection fails as a connection
+"""The guard in worker/jobs/broker.py: a channel of a closed broker connection fails as a connection
 error (which kombu and Celery handle) instead of an AttributeError that ends the worker."""
 
 from __future__ import annotations
 
-import kombu
 import pytest
 import redis
+from kombu.connection import Connection
+from kombu.entity import Queue
+from kombu.messaging import Producer
 from kombu.transport import redis as kombu_redis
 
 from worker.jobs.app import make_app
@@ -13,12 +15,12 @@ from worker.jobs.broker import guard_detached_channels
 from worker.settings import load_settings
 
 
-def _detached_channel_with_an_unacked_message(redis_url: str) -> tuple[kombu.Connection, object]:
-    connection = kombu.Connection(redis_url)
+def _detached_channel_with_an_unacked_message(redis_url: str) -> tuple[Connection, object]:
+    connection = Connection(redis_url)
     channel = connection.default_channel
-    queue = kombu.Queue("keyrotor-test-guard", channel=channel)
+    queue = Queue("keyrotor-test-guard", channel=channel)
     queue.declare()
-    kombu.Producer(channel).publish({"x": 1}, routing_key="keyrotor-test-guard")
+    Producer(channel).publish({"x": 1}, routing_key="keyrotor-test-guard")
     assert queue.get(no_ack=False) is not None  # delivered, not acknowledged
     channel.connection.client = None  # what a broker restart leaves behind
     return connection, channel

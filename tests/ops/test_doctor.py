@@ -23,6 +23,7 @@ from worker.ops.doctor import CHECKS, Check, examine
 from worker.publish.heartbeat import HEARTBEAT_KEY, Heartbeat, record_heartbeat
 from worker.publish.jwks import publish_realm, redis_key
 from worker.publish.relay import Relay
+from worker.service import RealmView
 from worker.settings import Settings
 from worker.store.db import transaction
 from worker.store.models import Event
@@ -38,11 +39,11 @@ def problems(results: list[Check]) -> dict[str, str]:
     return {check.name: check.detail for check in results if not check.ok}
 
 
-def healthy(stack: Stack) -> dict[str, Any]:
+def healthy(stack: Stack) -> RealmView:
     """A realm created, published and relayed, and a beat that ticked just now: as a running
     deployment would have it."""
     realm = stack.service.create_realm("acme")
-    publish_realm(stack.service, stack.publisher, realm["id"])
+    publish_realm(stack.service, stack.publisher, realm.id)
     Relay(stack.service, stack.redis, publisher=stack.publisher).relay_all()
     record_heartbeat(stack.redis, Heartbeat(datetime.now(UTC), "beat-host", 4242))
     return realm
@@ -66,7 +67,7 @@ def test_a_healthy_deployment_passes_every_check(stack: Stack) -> None:
 
 def test_keys_sealed_under_a_master_key_that_is_not_configured(stack: Stack) -> None:
     realm = healthy(stack)
-    kid = stack.service.signing_key(realm["id"]).kid
+    kid = stack.service.signing_key(realm.id).kid
     other = changed(stack.settings, master_keys=generate_master_key())
     assert problems(examine(other)) == {
         "sealed_keys": f"1 of 1 key do not open with the configured master keys: {kid}"
@@ -114,10 +115,10 @@ def test_an_unreachable_redis(stack: Stack) -> None:
 def test_a_realm_with_an_unsafe_policy_written_behind_the_services_back(stack: Stack) -> None:
     realm = healthy(stack)
     with stack.service.sessions.begin() as session:
-        session.execute(text("UPDATE realms SET grace_s = 1 WHERE id = :id"), {"id": realm["id"]})
+        session.execute(text("UPDATE realms SET grace_s = 1 WHERE id = :id"), {"id": realm.id})
     found = problems(examine(stack.settings))
     assert list(found) == ["policies"]
-    assert found["policies"].startswith(f"1 of 1 realm with an unsafe policy: acme ({realm['id']})")
+    assert found["policies"].startswith(f"1 of 1 realm with an unsafe policy: acme ({realm.id})")
     assert "Grace (1s) must be at least max token ttl plus clock skew (2s)" in found["policies"]
 
 
@@ -155,15 +156,15 @@ def test_a_published_jwks_behind_or_ahead_of_the_database(stack: Stack) -> None:
     found = problems(examine(stack.settings, now=later))
     assert list(found) == ["jwks"]
     assert found["jwks"].startswith(
-        f"2 published JWKS copies behind the database for over 30s: acme ({realm['id']}) redis"
-        f" v1, database v2, acme ({realm['id']}) file v1, database v2"
+        f"2 published JWKS copies behind the database for over 30s: acme ({realm.id}) redis"
+        f" v1, database v2, acme ({realm.id}) file v1, database v2"
     )
 
-    publish_realm(stack.service, stack.publisher, realm["id"])
-    stack.redis.hset(redis_key(realm["id"]), "jwks_version", 99)  # as after a restored backup
+    publish_realm(stack.service, stack.publisher, realm.id)
+    stack.redis.hset(redis_key(realm.id), "jwks_version", 99)  # as after a restored backup
     found = problems(examine(stack.settings, now=later))
     assert found["jwks"].startswith(
-        f"1 published JWKS copy newer than the database: acme ({realm['id']}) redis v99,"
+        f"1 published JWKS copy newer than the database: acme ({realm.id}) redis v99,"
         " database v2 (restored from a backup?"
     )
 

@@ -36,7 +36,7 @@ def test_database_families_without_redis(service: Service, clock: FakeClock) -> 
     assert found["keyrotor_keys[('state', 'expired')]"] == 1
     assert found["keyrotor_rotations_total[]"] == 1
     assert found["keyrotor_outbox_backlog[]"] == 2
-    labels = f"[('realm', 'acme'), ('realm_id', '{realm['id']}')]"
+    labels = f"[('realm', 'acme'), ('realm_id', '{realm.id}')]"
     assert found["keyrotor_seconds_since_last_rotation" + labels] == 90
     assert found["keyrotor_up[('component', 'database')]"] == 1
     assert found["keyrotor_up[('component', 'redis')]"] == 0
@@ -48,7 +48,7 @@ def test_publish_lag_is_the_age_of_the_oldest_unpublished_change(stack: Stack) -
     base = stack.service
     service = Service(base.sessions, base.master_keys, base.limits, clock)
     service.create_realm("acme")
-    publish_realm(service, stack.publisher, service.get_realm("acme")["id"])
+    publish_realm(service, stack.publisher, service.get_realm("acme").id)
     found = scrape(service, stack.redis, clock)
     assert found["keyrotor_jwks_lagging_realms[]"] == 0
     assert found["keyrotor_jwks_publish_lag_seconds[]"] == 0

@@ -14,6 +14,7 @@ from redis.retry import Retry
 from sqlalchemy.exc import OperationalError
 
 from tests.support.events import Collector, Events, make_events, outbox_ids
+from tests.support.replies import xrange
 from tests.support.stack import make_stack, wait_for
 from worker.client.subscriber import Subscriber
 from worker.core.lifecycle import State
@@ -63,7 +64,7 @@ def test_two_relays_at_once_put_each_event_in_the_stream_once_in_order_per_realm
     assert sorted(streamed) == sorted(wire.outbox_ids())
     assert len(set(streamed)) == len(streamed) == 36
     for n in range(12):
-        realm_id = service.get_realm(f"realm-{n}")["id"]
+        realm_id = service.get_realm(f"realm-{n}").id
         mine = [e for e in wire.stream() if e["realm_id"] == realm_id]
         assert [e["id"] for e in mine] == wire.outbox_ids(realm_id)
         assert [e["reason"] for e in mine] == ["realm.created", "key.created", "key.rotated"]
@@ -94,9 +95,9 @@ def test_the_jwks_is_published_before_the_event_that_announces_it(
 ) -> None:
     realm = service.create_realm("acme", algo="es256")
     service.rotate("acme", force=True)
-    assert wire.redis.exists(redis_key(realm["id"])) == 0  # nobody published it
+    assert wire.redis.exists(redis_key(realm.id)) == 0  # nobody published it
     wire.send()
-    published = wire.redis.hgetall(redis_key(realm["id"]))
+    published = wire.redis.hgetall(redis_key(realm.id))
     assert int(published[b"jwks_version"]) == wire.stream()[-1]["jwks_version"]
     kids = {k["kid"] for k in json.loads(published[b"document"])["keys"]}
     assert set(wire.stream()[-1]["key_ids"]) <= kids
@@ -105,7 +106,7 @@ def test_the_jwks_is_published_before_the_event_that_announces_it(
 def test_with_redis_away_events_wait_in_the_outbox(service: Service) -> None:
     away = redis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
     realm = service.create_realm("acme", algo="es256")
-    assert Relay(service, away).after_commit(realm["id"]) == 0  # logged, not raised
+    assert Relay(service, away).after_commit(realm.id) == 0  # logged, not raised
     assert outbox.count_unpublished(service.sessions) == 1
 
 
@@ -136,8 +137,8 @@ def test_events_made_while_redis_is_down_arrive_once_in_the_stream_and_at_a_subs
         server.stop()
         stack.service.rotate("acme", force=True)
         stack.service.create_key("acme")
-        pending = [k for k in stack.service.list_keys().collection if k["state"] == State.PENDING]
-        stack.service.delete_key(pending[0]["id"], force=True)
+        pending = [k for k in stack.service.list_keys().collection if k.state == State.PENDING]
+        stack.service.delete_key(pending[0].id, force=True)
         assert len(outbox_ids(stack.service)) == 4
 
         server = valkey(port)
@@ -146,11 +147,11 @@ def test_events_made_while_redis_is_down_arrive_once_in_the_stream_and_at_a_subs
         stack.worker("w2")
         wanted = outbox_ids(stack.service)
         got.wait_for_ids(wanted, timeout=40)
-        stack.send("keyrotor.rotate_realm", stack.service.get_realm("acme")["id"], True)
+        stack.send("keyrotor.rotate_realm", stack.service.get_realm("acme").id, True)
         wait_for(lambda: len(outbox_ids(stack.service)) == 5, 20, "the worker's rotation")
         wanted = outbox_ids(stack.service)
         got.wait_for_ids(wanted, timeout=20)  # sent by the worker right after its commit
-        stream = [json.loads(f[b"event"])["id"] for _, f in stack.redis.xrange("keyrotor:events")]
+        stream = [json.loads(f[b"event"])["id"] for _, f in xrange(stack.redis, "keyrotor:events")]
         assert stream == wanted
         assert outbox.count_unpublished(stack.service.sessions) == 0
     finally:

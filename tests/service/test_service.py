@@ -17,9 +17,10 @@ from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.orm import Session
 
 from worker.core.errors import Conflict, InvalidInput, NotFound, SealError
-from worker.core.lifecycle import State
+from worker.core.lifecycle import Policy, State
 from worker.core.sealing import MasterKeys
-from worker.service import Change, Limits, Service
+from worker.service import Change, KeyView, Limits, RealmView, Service
+from worker.service.wire import page_json, realm_json
 from worker.store.db import make_engine, session_factory
 from worker.store.models import Event, JwtKey
 
@@ -39,10 +40,6 @@ class FakeClock(Protocol):
     def advance(self, **delta: float) -> datetime: ...
 
 
-def rfc(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
-
-
 def events(engine: Engine, realm_id: str | None = None) -> list[Event]:
     """The outbox rows, oldest first."""
     query = select(Event).order_by(Event.seq)
@@ -52,15 +49,15 @@ def events(engine: Engine, realm_id: str | None = None) -> list[Event]:
         return list(session.scalars(query))
 
 
-def keys_of(service: Service, realm: str) -> list[dict[str, Any]]:
+def keys_of(service: Service, realm: str) -> list[KeyView]:
     return service.list_keys(realm=realm).collection
 
 
-def in_state(service: Service, realm: str, state: State) -> list[dict[str, Any]]:
-    return [k for k in keys_of(service, realm) if k["state"] == state]
+def in_state(service: Service, realm: str, state: State) -> list[KeyView]:
+    return [k for k in keys_of(service, realm) if k.state == state]
 
 
-def the_one(service: Service, realm: str, state: State) -> dict[str, Any]:
+def the_one(service: Service, realm: str, state: State) -> KeyView:
     found = in_state(service, realm, state)
     assert len(found) == 1, f"expected one {state} key, found {found}"
     return found[0]
@@ -121,33 +118,35 @@ def rotate_at_once(workers: list[Service], realm: str) -> list[Change | BaseExce
 def test_create_realm_returns_the_realm_view_with_default_policy(service: Service) -> None:
     realm = service.create_realm("acme", algo="es256")
 
-    assert REALM_ID.fullmatch(realm["id"])
-    assert realm == {
-        "id": realm["id"],
-        "name": "acme",
-        "algo": "es256",
-        "rsa_bits": 2048,
-        "rotation_period": 30 * 86400,
-        "prepublish": 3600,
-        "grace": 6 * 3600,
-        "max_token_ttl": 3600,
-        "jwks_version": 1,
-        "next_rotation_at": rfc(T0 + PREPUBLISH_AT),
-        "created_at": rfc(T0),
-        "updated_at": rfc(T0),
-    }
+    assert REALM_ID.fullmatch(realm.id)
+    assert realm == RealmView(
+        id=realm.id,
+        name="acme",
+        policy=Policy(
+            algo="es256",
+            rsa_bits=2048,
+            rotation_period=timedelta(days=30),
+            prepublish=timedelta(hours=1),
+            grace=timedelta(hours=6),
+            max_token_ttl=timedelta(hours=1),
+        ),
+        jwks_version=1,
+        next_rotation_at=T0 + PREPUBLISH_AT,
+        created_at=T0,
+        updated_at=T0,
+    )
 
 
 def test_a_new_realm_has_exactly_one_active_key_published(service: Service) -> None:
     realm = service.create_realm("acme", algo="es256")
 
-    [key] = keys_of(service, realm["id"])
-    assert KEY_ID.fullmatch(key["id"])
-    assert key["state"] == "active"
-    assert key["expired"] is False
-    assert key["activated_at"] == rfc(T0)
-    assert key["realm_id"] == realm["id"]
-    assert kids(service, "acme") == {key["id"]}
+    [key] = keys_of(service, realm.id)
+    assert KEY_ID.fullmatch(key.id)
+    assert key.state == "active"
+    assert key.expired is False
+    assert key.activated_at == T0
+    assert key.realm_id == realm.id
+    assert kids(service, "acme") == {key.id}
 
 
 def test_a_new_rs256_realm_publishes_an_rsa_key(service: Service) -> None:
@@ -219,7 +218,7 @@ def test_create_realm_refuses_bad_input_and_writes_nothing(
 def test_get_realm_by_id_or_name(service: Service, by: str) -> None:
     realm = service.create_realm("acme", algo="es256")
 
-    assert service.get_realm(realm[by]) == realm
+    assert service.get_realm(getattr(realm, by)) == realm
 
 
 @pytest.mark.parametrize("ref", ["nope", "rl_0v1zTHXhtNgmDaXaDYSAqx"])
@@ -246,12 +245,12 @@ def test_update_realm_changes_policy_and_reschedules(
     realm = service.create_realm("acme", algo="es256")
     clock.advance(days=1)
 
-    updated = service.update_realm(realm[by], rotation_period=timedelta(days=7))
+    updated = service.update_realm(getattr(realm, by), rotation_period=timedelta(days=7))
 
-    assert updated["rotation_period"] == 7 * 86400
-    assert updated["jwks_version"] == 2
-    assert updated["next_rotation_at"] == rfc(T0 + timedelta(days=7, hours=-1))
-    assert updated["updated_at"] == rfc(T0 + timedelta(days=1))
+    assert updated.policy.rotation_period == timedelta(days=7)
+    assert updated.jwks_version == 2
+    assert updated.next_rotation_at == T0 + timedelta(days=7, hours=-1)
+    assert updated.updated_at == T0 + timedelta(days=1)
     assert service.get_realm("acme") == updated
     last = events(engine)[-1]
     assert (last.reason, last.key_ids, last.jwks_version) == ("realm.policy_changed", [], 2)
@@ -279,16 +278,16 @@ def test_delete_realm_removes_it_and_its_keys_with_one_event(
     other = service.create_realm("other", algo="es256")
     before = service.get_realm("acme")
 
-    assert service.delete_realm(realm[by]) == before
+    assert service.delete_realm(getattr(realm, by)) == before
 
     with pytest.raises(NotFound):
-        service.get_realm(realm["id"])
+        service.get_realm(realm.id)
     with pytest.raises(NotFound):
-        service.get_key(pending["id"])
-    assert [k["realm_id"] for k in service.list_keys().collection] == [other["id"]]
-    last = events(engine, realm["id"])[-1]
+        service.get_key(pending.id)
+    assert [k.realm_id for k in service.list_keys().collection] == [other.id]
+    last = events(engine, realm.id)[-1]
     assert last.reason == "key.deleted"
-    assert last.key_ids == sorted([pending["id"], active["id"]])
+    assert last.key_ids == sorted([pending.id, active.id])
     assert last.jwks_version == 3
 
 
@@ -312,34 +311,34 @@ def test_scheduled_rotation_prepublishes_promotes_then_deletes(
     assert created.activated is None and created.retired is None
     [new_id] = created.created
     assert created.key_ids == [new_id]
-    assert the_one(service, "acme", State.PENDING)["id"] == new_id
-    assert kids(service, "acme") == {first["id"], new_id}
+    assert the_one(service, "acme", State.PENDING).id == new_id
+    assert kids(service, "acme") == {first.id, new_id}
     assert created.next_rotation_at == T0 + timedelta(days=30)
 
     clock.now = T0 + timedelta(days=30)
-    rotated = service.rotate(realm["id"])
+    rotated = service.rotate(realm.id)
     assert rotated is not None
     assert rotated.reason == "key.rotated"
-    assert (rotated.activated, rotated.retired) == (new_id, first["id"])
-    assert sorted(rotated.key_ids) == sorted([first["id"], new_id])
-    old = service.get_key(first["id"])
-    assert old["state"] == "expired" and old["expired"] is True
-    assert old["expired_at"] == rfc(clock.now)
-    assert old["delete_after"] == rfc(clock.now + timedelta(hours=6))
-    assert the_one(service, "acme", State.ACTIVE)["id"] == new_id
-    assert kids(service, "acme") == {first["id"], new_id}
+    assert (rotated.activated, rotated.retired) == (new_id, first.id)
+    assert sorted(rotated.key_ids) == sorted([first.id, new_id])
+    old = service.get_key(first.id)
+    assert old.state == "expired" and old.expired is True
+    assert old.expired_at == clock.now
+    assert old.delete_after == clock.now + timedelta(hours=6)
+    assert the_one(service, "acme", State.ACTIVE).id == new_id
+    assert kids(service, "acme") == {first.id, new_id}
 
     clock.advance(hours=6)
     deleted = service.rotate("acme")
     assert deleted is not None
-    assert (deleted.reason, deleted.key_ids) == ("key.deleted", [first["id"]])
+    assert (deleted.reason, deleted.key_ids) == ("key.deleted", [first.id])
     with pytest.raises(NotFound):
-        service.get_key(first["id"])
+        service.get_key(first.id)
     assert kids(service, "acme") == {new_id}
 
     reasons = [e.reason for e in events(engine)]
     assert reasons == ["realm.created", "key.created", "key.rotated", "key.deleted"]
-    assert service.get_realm("acme")["jwks_version"] == 4
+    assert service.get_realm("acme").jwks_version == 4
 
 
 def test_rotate_twice_at_the_same_instant_changes_nothing_the_second_time(
@@ -367,12 +366,12 @@ def test_force_rotate_without_pending_creates_and_activates_a_key(
 
     assert change is not None and change.reason == "key.rotated"
     new = the_one(service, "acme", State.ACTIVE)
-    assert change.created == [new["id"]]
-    assert (change.activated, change.retired) == (new["id"], old["id"])
-    assert new["activated_at"] == rfc(clock.now)
-    assert service.get_key(old["id"])["delete_after"] == rfc(clock.now + timedelta(hours=6))
+    assert change.created == [new.id]
+    assert (change.activated, change.retired) == (new.id, old.id)
+    assert new.activated_at == clock.now
+    assert service.get_key(old.id).delete_after == clock.now + timedelta(hours=6)
     assert in_state(service, "acme", State.PENDING) == []
-    assert service.get_realm("acme")["next_rotation_at"] == rfc(clock.now + timedelta(hours=6))
+    assert service.get_realm("acme").next_rotation_at == clock.now + timedelta(hours=6)
 
 
 def test_force_rotate_promotes_the_pending_key(service: Service, clock: FakeClock) -> None:
@@ -385,9 +384,9 @@ def test_force_rotate_promotes_the_pending_key(service: Service, clock: FakeCloc
 
     assert change is not None
     assert change.created == []
-    assert (change.activated, change.retired) == (pending["id"], old["id"])
-    assert the_one(service, "acme", State.ACTIVE)["id"] == pending["id"]
-    assert service.get_key(old["id"])["state"] == "expired"
+    assert (change.activated, change.retired) == (pending.id, old.id)
+    assert the_one(service, "acme", State.ACTIVE).id == pending.id
+    assert service.get_key(old.id).state == "expired"
     assert len(keys_of(service, "acme")) == 2
 
 
@@ -401,20 +400,20 @@ def test_create_key_is_pending_and_replaces_the_pending_key(
     active = the_one(service, "acme", State.ACTIVE)
 
     first = service.create_key("acme")
-    assert first["state"] == "pending"
-    assert first["activated_at"] is None
+    assert first.state == "pending"
+    assert first.activated_at is None
     clock.advance(minutes=5)
     second = service.create_key("acme")
 
-    assert the_one(service, "acme", State.ACTIVE)["id"] == active["id"]
-    assert the_one(service, "acme", State.PENDING)["id"] == second["id"]
-    replaced = service.get_key(first["id"])
-    assert replaced["state"] == "expired"
-    assert replaced["delete_after"] == rfc(clock.now + timedelta(hours=6))
-    assert kids(service, "acme") == {active["id"], first["id"], second["id"]}
+    assert the_one(service, "acme", State.ACTIVE).id == active.id
+    assert the_one(service, "acme", State.PENDING).id == second.id
+    replaced = service.get_key(first.id)
+    assert replaced.state == "expired"
+    assert replaced.delete_after == clock.now + timedelta(hours=6)
+    assert kids(service, "acme") == {active.id, first.id, second.id}
     last = events(engine)[-1]
     assert last.reason == "key.created"
-    assert last.key_ids == [first["id"], second["id"]]
+    assert last.key_ids == [first.id, second.id]
 
 
 def test_create_key_with_activate_signs_at_once_and_expires_the_old_key(
@@ -426,12 +425,12 @@ def test_create_key_with_activate_signs_at_once_and_expires_the_old_key(
 
     new = service.create_key("acme", activate=True)
 
-    assert new["state"] == "active"
-    assert new["activated_at"] == rfc(clock.now)
-    assert the_one(service, "acme", State.ACTIVE)["id"] == new["id"]
-    expired = service.get_key(old["id"])
-    assert expired["state"] == "expired"
-    assert expired["delete_after"] == rfc(clock.now + timedelta(hours=6))
+    assert new.state == "active"
+    assert new.activated_at == clock.now
+    assert the_one(service, "acme", State.ACTIVE).id == new.id
+    expired = service.get_key(old.id)
+    assert expired.state == "expired"
+    assert expired.delete_after == clock.now + timedelta(hours=6)
     assert events(engine)[-1].reason == "key.rotated"
 
 
@@ -441,10 +440,10 @@ def test_create_key_imports_a_pem_and_publishes_its_public_key(service: Service)
 
     key = service.create_key("acme", "es256", key_text=private_pem)
 
-    assert key["key"] == public_pem
-    assert "PRIVATE" not in key["key"]
-    assert key["id"] in kids(service, "acme")
-    assert service.get_key(key["id"])["key"] == public_pem
+    assert key.key == public_pem
+    assert "PRIVATE" not in key.key
+    assert key.id in kids(service, "acme")
+    assert service.get_key(key.id).key == public_pem
 
 
 @pytest.mark.parametrize(
@@ -478,10 +477,10 @@ def test_hs256_key_view_holds_the_secret_and_never_enters_the_jwks(service: Serv
     extra = service.create_key("mixed", "hs256")
 
     for key in (hmac_key, extra):
-        assert re.fullmatch(r"jsk_[0-9A-Za-z]{43}", key["key"])
-        assert key["algo"] == "hs256"
+        assert re.fullmatch(r"jsk_[0-9A-Za-z]{43}", key.key)
+        assert key.algo == "hs256"
     assert service.jwks("hmac") == {"keys": []}
-    assert kids(service, "mixed") == {the_one(service, "mixed", State.ACTIVE)["id"]}
+    assert kids(service, "mixed") == {the_one(service, "mixed", State.ACTIVE).id}
 
 
 def test_an_imported_hs256_secret_is_kept(service: Service) -> None:
@@ -490,7 +489,7 @@ def test_an_imported_hs256_secret_is_kept(service: Service) -> None:
 
     key = service.create_key("hmac", key_text=secret)
 
-    assert service.get_key(key["id"])["key"] == secret
+    assert service.get_key(key.id).key == secret
 
 
 # --- delete_key -----------------------------------------------------------------------------
@@ -503,19 +502,19 @@ def test_delete_active_key_returns_the_original_and_a_new_key_signs(
     active = the_one(service, "acme", State.ACTIVE)
     clock.advance(hours=1)
 
-    returned = service.delete_key(active["id"])
+    returned = service.delete_key(active.id)
 
     assert returned == active
-    now_expired = service.get_key(active["id"])
-    assert now_expired["state"] == "expired"
-    assert now_expired["delete_after"] == rfc(clock.now + timedelta(hours=6))
+    now_expired = service.get_key(active.id)
+    assert now_expired.state == "expired"
+    assert now_expired.delete_after == clock.now + timedelta(hours=6)
     replacement = the_one(service, "acme", State.ACTIVE)
-    assert replacement["id"] != active["id"]
-    assert replacement["activated_at"] == rfc(clock.now)
-    assert kids(service, "acme") == {active["id"], replacement["id"]}
+    assert replacement.id != active.id
+    assert replacement.activated_at == clock.now
+    assert kids(service, "acme") == {active.id, replacement.id}
     last = events(engine)[-1]
     assert last.reason == "key.rotated"
-    assert last.key_ids == [active["id"], replacement["id"]]
+    assert last.key_ids == [active.id, replacement.id]
 
 
 def test_delete_active_key_promotes_the_pending_key(service: Service) -> None:
@@ -523,9 +522,9 @@ def test_delete_active_key_promotes_the_pending_key(service: Service) -> None:
     active = the_one(service, "acme", State.ACTIVE)
     pending = service.create_key("acme")
 
-    service.delete_key(active["id"])
+    service.delete_key(active.id)
 
-    assert the_one(service, "acme", State.ACTIVE)["id"] == pending["id"]
+    assert the_one(service, "acme", State.ACTIVE).id == pending.id
     assert len(keys_of(service, "acme")) == 2
 
 
@@ -534,9 +533,9 @@ def test_delete_pending_key_expires_it_and_leaves_the_active_key(service: Servic
     active = the_one(service, "acme", State.ACTIVE)
     pending = service.create_key("acme")
 
-    assert service.delete_key(pending["id"]) == pending
+    assert service.delete_key(pending.id) == pending
 
-    assert service.get_key(pending["id"])["state"] == "expired"
+    assert service.get_key(pending.id).state == "expired"
     assert the_one(service, "acme", State.ACTIVE) == active
 
 
@@ -545,16 +544,16 @@ def test_force_delete_promotes_the_pending_key(service: Service, engine: Engine)
     active = the_one(service, "acme", State.ACTIVE)
     pending = service.create_key("acme")
 
-    returned = service.delete_key(active["id"], force=True)
+    returned = service.delete_key(active.id, force=True)
 
     assert returned == active
     with pytest.raises(NotFound):
-        service.get_key(active["id"])
-    assert the_one(service, "acme", State.ACTIVE)["id"] == pending["id"]
-    assert kids(service, "acme") == {pending["id"]}
+        service.get_key(active.id)
+    assert the_one(service, "acme", State.ACTIVE).id == pending.id
+    assert kids(service, "acme") == {pending.id}
     last = events(engine)[-1]
     assert last.reason == "key.revoked"
-    assert sorted(last.key_ids) == sorted([active["id"], pending["id"]])
+    assert sorted(last.key_ids) == sorted([active.id, pending.id])
 
 
 def test_force_delete_without_pending_creates_a_new_active_key(
@@ -563,16 +562,16 @@ def test_force_delete_without_pending_creates_a_new_active_key(
     service.create_realm("acme", algo="es256")
     active = the_one(service, "acme", State.ACTIVE)
 
-    assert service.delete_key(active["id"], force=True) == active
+    assert service.delete_key(active.id, force=True) == active
 
     with pytest.raises(NotFound):
-        service.get_key(active["id"])
+        service.get_key(active.id)
     [replacement] = keys_of(service, "acme")
-    assert replacement["state"] == "active"
-    assert kids(service, "acme") == {replacement["id"]}
+    assert replacement.state == "active"
+    assert kids(service, "acme") == {replacement.id}
     last = events(engine)[-1]
     assert last.reason == "key.revoked"
-    assert sorted(last.key_ids) == sorted([active["id"], replacement["id"]])
+    assert sorted(last.key_ids) == sorted([active.id, replacement.id])
 
 
 def test_force_delete_of_an_expired_key_removes_it_from_the_jwks(
@@ -582,10 +581,10 @@ def test_force_delete_of_an_expired_key_removes_it_from_the_jwks(
     old = the_one(service, "acme", State.ACTIVE)
     new = service.create_key("acme", activate=True)
 
-    service.delete_key(old["id"], force=True)
+    service.delete_key(old.id, force=True)
 
-    assert kids(service, "acme") == {new["id"]}
-    assert (events(engine)[-1].reason, events(engine)[-1].key_ids) == ("key.revoked", [old["id"]])
+    assert kids(service, "acme") == {new.id}
+    assert (events(engine)[-1].reason, events(engine)[-1].key_ids) == ("key.revoked", [old.id])
 
 
 def test_delete_of_an_expired_key_without_force_changes_nothing(
@@ -594,11 +593,11 @@ def test_delete_of_an_expired_key_without_force_changes_nothing(
     service.create_realm("acme", algo="es256")
     old = the_one(service, "acme", State.ACTIVE)
     service.create_key("acme", activate=True)
-    expired = service.get_key(old["id"])
+    expired = service.get_key(old.id)
     before = (keys_of(service, "acme"), service.get_realm("acme"), len(events(engine)))
     clock.advance(hours=1)
 
-    assert service.delete_key(old["id"]) == expired
+    assert service.delete_key(old.id) == expired
 
     assert (keys_of(service, "acme"), service.get_realm("acme"), len(events(engine))) == before
 
@@ -616,22 +615,25 @@ def test_delete_unknown_key_is_not_found(service: Service) -> None:
 
 
 def test_list_realms_pages_in_authrocket_shape(service: Service) -> None:
-    made = sorted(service.create_realm(f"r{n}", algo="es256")["id"] for n in range(5))
+    made = sorted(service.create_realm(f"r{n}", algo="es256").id for n in range(5))
 
     page = service.list_realms()
-    assert page.as_dict() == {"more_results": False, "collection": page.collection}
-    assert [r["id"] for r in page.collection] == made[::-1]
-    assert [r["id"] for r in service.list_realms(direction="asc").collection] == made
+    assert page_json(page) == {
+        "more_results": False,
+        "collection": [realm_json(r) for r in page.collection],
+    }
+    assert [r.id for r in page.collection] == made[::-1]
+    assert [r.id for r in service.list_realms(direction="asc").collection] == made
 
     first = service.list_realms(max_results=2)
-    assert (first.more_results, [r["id"] for r in first.collection]) == (True, made[:2:-1][:2])
+    assert (first.more_results, [r.id for r in first.collection]) == (True, made[:2:-1][:2])
     second = service.list_realms(max_results=2, after=made[3])
-    assert (second.more_results, [r["id"] for r in second.collection]) == (True, made[2:0:-1])
+    assert (second.more_results, [r.id for r in second.collection]) == (True, made[2:0:-1])
     third = service.list_realms(max_results=2, after=made[1])
-    assert (third.more_results, [r["id"] for r in third.collection]) == (False, [made[0]])
+    assert (third.more_results, [r.id for r in third.collection]) == (False, [made[0]])
 
     asc = service.list_realms(max_results=3, after=made[1], direction="asc")
-    assert (asc.more_results, [r["id"] for r in asc.collection]) == (False, made[2:])
+    assert (asc.more_results, [r.id for r in asc.collection]) == (False, made[2:])
 
 
 def test_more_results_is_true_exactly_when_more_remain(service: Service) -> None:
@@ -649,7 +651,7 @@ def test_list_keys_walks_one_realm_in_both_directions(service: Service) -> None:
     service.create_realm("other", algo="es256")
     for _ in range(4):
         service.create_key("acme")
-    mine = sorted(k["id"] for k in keys_of(service, "acme"))
+    mine = sorted(k.id for k in keys_of(service, "acme"))
     assert len(mine) == 5
 
     for direction, expected in (("desc", mine[::-1]), ("asc", mine)):
@@ -657,7 +659,7 @@ def test_list_keys_walks_one_realm_in_both_directions(service: Service) -> None:
         after = None
         while True:
             page = service.list_keys(realm="acme", max_results=2, after=after, direction=direction)
-            seen += [k["id"] for k in page.collection]
+            seen += [k.id for k in page.collection]
             assert page.more_results == (len(seen) < len(expected))
             if not page.more_results:
                 break
@@ -672,6 +674,7 @@ def test_list_keys_walks_one_realm_in_both_directions(service: Service) -> None:
         ({"max_results": 0}, "Max results must be between 1 and 100"),
         ({"max_results": 101}, "Max results must be between 1 and 100"),
         ({"direction": "up"}, "Direction must be asc or desc"),
+        ({"sort": "created_at"}, "Sort must be 'id'"),
     ],
 )
 def test_listings_refuse_bad_page_options(
@@ -709,10 +712,11 @@ def test_every_change_writes_exactly_one_event(
         assert event.published_at is None
         return event
 
-    realm: dict[str, Any] = {}
-    created = step("realm.created", lambda: realm.update(service.create_realm("a", algo="es256")))
+    made: list[RealmView] = []
+    created = step("realm.created", lambda: made.append(service.create_realm("a", algo="es256")))
+    [realm] = made
     [first] = created.key_ids
-    assert created.realm_id == realm["id"]
+    assert created.realm_id == realm.id
     assert (
         step(
             "realm.policy_changed", lambda: service.update_realm("a", grace=timedelta(hours=8))
@@ -727,14 +731,14 @@ def test_every_change_writes_exactly_one_event(
     assert rotated.key_ids == [first, second]
     assert step("key.revoked", lambda: service.delete_key(first, force=True)).key_ids == [first]
     revoked = step("key.revoked", lambda: service.delete_key(second, force=True))
-    replacement = the_one(service, "a", State.ACTIVE)["id"]
+    replacement = the_one(service, "a", State.ACTIVE).id
     assert sorted(revoked.key_ids) == sorted([second, replacement])
     step("key.created", lambda: service.create_key("a", "hs256"))
     clock.advance(hours=8)
     assert step("key.deleted", lambda: service.rotate("a")).key_ids == [dropped]
     step("key.deleted", lambda: service.delete_realm("a"))
 
-    versions = [e.jwks_version for e in events(engine, realm["id"])]
+    versions = [e.jwks_version for e in events(engine, realm.id)]
     assert versions == list(range(1, len(versions) + 1))
 
 
@@ -745,17 +749,17 @@ def test_jwks_version_increases_per_realm_and_matches_the_realm_view(service: Se
     service.rotate("a", force=True)
     service.create_key("b")
 
-    assert service.get_realm("a")["jwks_version"] == 3
-    assert service.get_realm("b")["jwks_version"] == 2
+    assert service.get_realm("a").jwks_version == 3
+    assert service.get_realm("b").jwks_version == 2
 
 
 def test_events_carry_no_key_material(service: Service, engine: Engine) -> None:
     service.create_realm("hmac", algo="hs256")
     service.create_realm("acme", algo="es256")
-    secret = the_one(service, "hmac", State.ACTIVE)["key"]
+    secret = the_one(service, "hmac", State.ACTIVE).key
     service.create_key("hmac", activate=True)
     service.rotate("acme", force=True)
-    service.delete_key(the_one(service, "hmac", State.ACTIVE)["id"], force=True)
+    service.delete_key(the_one(service, "hmac", State.ACTIVE).id, force=True)
 
     with engine.connect() as connection:
         rows = connection.execute(text("SELECT * FROM events")).all()
@@ -777,8 +781,8 @@ def test_rewrap_moves_every_key_to_the_new_master_key(engine: Engine, clock: Fak
     before.create_realm("acme", algo="es256")
     before.create_key("acme")
     before.create_key("hmac")
-    secret_id = the_one(before, "hmac", State.ACTIVE)["id"]
-    secret = before.get_key(secret_id)["key"]
+    secret_id = the_one(before, "hmac", State.ACTIVE).id
+    secret = before.get_key(secret_id).key
     with pytest.raises(SealError):
         service_with(engine, clock, new).get_key(secret_id)
 
@@ -789,7 +793,7 @@ def test_rewrap_moves_every_key_to_the_new_master_key(engine: Engine, clock: Fak
     assert both.rewrap() == 0
 
     after = service_with(engine, clock, new)
-    assert after.get_key(secret_id)["key"] == secret
+    assert after.get_key(secret_id).key == secret
     with Session(engine) as session:
         rows = list(session.scalars(select(JwtKey)))
     assert len(rows) == 4
@@ -820,9 +824,7 @@ def test_due_realm_ids_pages_each_due_realm_once_in_index_order(
 
     assert [len(page) for page in pages] == [3, 3, 1]
     walked = [entry for page in pages for entry in page]
-    expected = sorted(
-        (datetime.fromisoformat(r["next_rotation_at"].replace("Z", "+00:00")), r["id"]) for r in due
-    )
+    expected = sorted((r.next_rotation_at, r.id) for r in due)
     assert walked == expected
     assert all(at.tzinfo is not None for at, _ in walked)
 
@@ -886,7 +888,7 @@ def test_two_services_racing_on_a_due_realm_create_one_pending_key(
             assert len(results) == 2 and len(changes) == 1, results
             assert isinstance(changes[0], Change)
             assert len(in_state(workers[1], name, State.PENDING)) == 1
-            realm_id = workers[1].get_realm(name)["id"]
+            realm_id = workers[1].get_realm(name).id
             assert [e.reason for e in events(engines[1], realm_id)] == [
                 "realm.created",
                 "key.created",

@@ -40,7 +40,8 @@ def test_unsent_before_counts_only_unsent_events_older_than_the_cutoff(
     service.rotate("a", force=True)
     assert checks.unsent_before(service.sessions, first) == checks.Backlog(0, None)
     backlog = checks.unsent_before(service.sessions, first + timedelta(minutes=1))
-    assert backlog == checks.Backlog(1, first) and backlog.oldest_at.tzinfo is not None
+    assert backlog == checks.Backlog(1, first)
+    assert backlog.oldest_at is not None and backlog.oldest_at.tzinfo is not None
     with transaction(service.sessions) as session:
         session.execute(update(Event).values(published_at=clock.now))
     assert checks.unsent_before(service.sessions, clock.now).count == 0

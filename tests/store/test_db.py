@@ -117,10 +117,10 @@ def test_deleting_a_realm_row_cascades_to_its_keys(engine: Engine, service: Serv
     assert count(engine, "jwt_keys") == 3
 
     with engine.begin() as connection:
-        connection.execute(text("DELETE FROM realms WHERE id = :id"), {"id": doomed["id"]})
+        connection.execute(text("DELETE FROM realms WHERE id = :id"), {"id": doomed.id})
 
     assert count(engine, "jwt_keys") == 1
-    assert {k["realm_id"] for k in service.list_keys().collection} == {kept["id"]}
+    assert {k.realm_id for k in service.list_keys().collection} == {kept.id}
 
 
 def test_a_key_for_a_missing_realm_is_refused(engine: Engine) -> None:

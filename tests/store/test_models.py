@@ -121,7 +121,7 @@ def test_the_database_holds_no_key_material_in_plaintext(
 ) -> None:
     for algo in ("hs256", "rs256", "es256", "eddsa"):
         service.create_realm(f"realm-{algo}", algo=algo)
-    secret = service.list_keys(realm="realm-hs256").collection[0]["key"]
+    secret = service.list_keys(realm="realm-hs256").collection[0].key
     assert secret.startswith("jsk_")
 
     with engine.connect() as connection:
@@ -139,7 +139,7 @@ def test_the_sealed_blob_opens_to_the_secret_or_the_matching_private_key(
 ) -> None:
     for algo in ("hs256", "es256", "eddsa"):
         service.create_realm(f"realm-{algo}", algo=algo)
-    views = {k["id"]: k for k in service.list_keys().collection}
+    views = {k.id: k for k in service.list_keys().collection}
 
     with Session(engine) as session:
         rows = list(session.scalars(select(JwtKey)))
@@ -147,13 +147,13 @@ def test_the_sealed_blob_opens_to_the_secret_or_the_matching_private_key(
     for row in rows:
         opened = master_keys.open(row.sealed_secret, realm_id=row.realm_id, key_id=row.id)
         if row.algo == "hs256":
-            assert opened.decode() == views[row.id]["key"]
+            assert opened.decode() == views[row.id].key
             continue
         private = serialization.load_pem_private_key(opened, password=None)
         public_pem = private.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        assert public_pem.decode() == row.public_pem == views[row.id]["key"]
+        assert public_pem.decode() == row.public_pem == views[row.id].key
 
 
 # --- UTCDateTime ------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ def test_counts_by_state_and_reason_and_each_realms_last_rotation(
     reasons = stats.events_by_reason(service.sessions)
     assert reasons["key.rotated"] == 1 and reasons["realm.created"] == 2
     by_name = {realm.name: realm for realm in stats.realms(service.sessions)}
-    assert by_name["acme"].id == acme["id"]
+    assert by_name["acme"].id == acme.id
     assert by_name["acme"].last_rotation_at == rotated_at
     assert by_name["acme"].jwks_version == 2
     assert by_name["other"].last_rotation_at == created_at  # its first key, never rotated

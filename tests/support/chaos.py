@@ -51,6 +51,7 @@ from sqlalchemy import select, text
 
 from tests.support.live import admin_token
 from tests.support.processes import free_port
+from tests.support.replies import hmget, xrange
 from tests.support.stack import Stack, make_stack, wait_for
 from worker.client.events import STREAM
 from worker.client.signer import Signer
@@ -503,7 +504,7 @@ class Chaos:
         ids = []
         for number in range(self.config.realms):
             started = time.monotonic()
-            ids.append(self.stack.service.create_realm(f"chaos-{number:04d}")["id"])
+            ids.append(self.stack.service.create_realm(f"chaos-{number:04d}").id)
             time.sleep(max(0.0, spacing - (time.monotonic() - started)))
         self.realm_ids = ids
         self.sampled = self.rng.sample(ids, min(self.config.sampled, len(ids)))
@@ -623,8 +624,7 @@ class Chaos:
         already holds its successor), over the admin API as an operator would."""
         for realm_id in rng.sample(self.sampled, len(self.sampled)):
             states = {
-                view["id"]: view["state"]
-                for view in self.checker.list_keys(realm=realm_id).collection
+                view.id: view.state for view in self.checker.list_keys(realm=realm_id).collection
             }
             active = [kid for kid, state in states.items() if state == State.ACTIVE]
             if len(active) == 1 and State.PENDING in states.values():
@@ -873,7 +873,7 @@ def _jwks_difference(
     publication = checker.publication(realm_id)
     derived = json.dumps(publication.jwks, separators=(",", ":"), sort_keys=True)
     version = publication.jwks_version
-    document, redis_version = client.hmget(redis_key(realm_id), ["document", "jwks_version"])
+    document, redis_version = hmget(client, redis_key(realm_id), ["document", "jwks_version"])
     folder = jwks_dir / realm_id
     try:
         file_document = (folder / "jwks.json").read_text()
@@ -883,7 +883,12 @@ def _jwks_difference(
     served = http.get(f"/realms/{realm_id}/.well-known/jwks.json").text
     if checker.publication(realm_id).jwks_version != version:
         return "changed while being compared"
-    if redis_version is None or int(redis_version) != version or document.decode() != derived:
+    if (
+        redis_version is None
+        or int(redis_version) != version
+        or document is None
+        or document.decode() != derived
+    ):
         return f"Redis copy at version {redis_version!r}, database at {version}"
     if file_version != version or file_document != derived:
         return f"file at version {file_version}, database at {version}"
@@ -895,7 +900,7 @@ def _jwks_difference(
 def _stream_ids(client: redis.Redis) -> Iterator[str]:
     after = "-"
     while True:
-        entries = client.xrange(STREAM, min=after, max="+", count=1000)
+        entries = xrange(client, STREAM, min=after, max="+", count=1000)
         for _, fields in entries:
             yield json.loads(fields[b"event"])["id"]
         if len(entries) < 1000:

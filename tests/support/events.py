@@ -12,8 +12,8 @@ from typing import Any
 import redis
 from sqlalchemy import select
 
+from tests.support.replies import xrange
 from tests.support.stack import wait_for
-from worker.client.events import STREAM
 from worker.publish.jwks import Publisher
 from worker.publish.relay import Relay
 from worker.service import Service
@@ -36,7 +36,7 @@ class Events:
 
     def stream(self) -> list[dict[str, Any]]:
         """Every event in the stream, in stream order."""
-        return [json.loads(fields[b"event"]) for _, fields in self.redis.xrange(STREAM)]
+        return [json.loads(fields[b"event"]) for _, fields in xrange(self.redis)]
 
     def outbox(self, realm_id: str | None = None) -> list[Event]:
         """The outbox rows, in commit order."""

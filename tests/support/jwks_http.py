@@ -10,6 +10,7 @@ from typing import Any
 
 import redis
 
+from tests.support.replies import hget
 from worker.publish.jwks import redis_key
 
 
@@ -20,7 +21,7 @@ def serve_jwks(client: redis.Redis, hits: list[str] | None = None) -> Iterator[s
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             parts = self.path.strip("/").split("/")
-            document = client.hget(redis_key(parts[1]), "document") if len(parts) == 4 else None
+            document = hget(client, redis_key(parts[1]), "document") if len(parts) == 4 else None
             if hits is not None:
                 hits.append(self.path)
             if document is None:

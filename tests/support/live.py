@@ -71,7 +71,7 @@ def admin_token(
     headers: Mapping[str, Any] | None = None,
     algorithm: str = "RS256",
 ) -> str:
-    """A token shaped like the Authgear sample, with whatever a test changes."""
+    """An admin token (RS256, `kid` header, `aud` list, `iat`, `exp`), as a test changes it."""
     now = int(time.time()) + iat_offset
     payload: dict[str, Any] = {
         "aud": list(aud) if isinstance(aud, tuple) else aud,

@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worker.service import Service
+from worker.service.writer import Writer
 
-_apply = Service._apply
+_apply = Writer._apply
 
 
-def _paused_apply(self: Service, *args: Any, **kwargs: Any) -> Any:
+def _paused_apply(self: Writer, *args: Any, **kwargs: Any) -> Any:
     change = _apply(self, *args, **kwargs)
     marker = Path(os.environ["PAUSE_MARKER"])
     if change is not None and not marker.exists():
@@ -26,7 +26,7 @@ def _paused_apply(self: Service, *args: Any, **kwargs: Any) -> Any:
     return change
 
 
-Service._apply = _paused_apply  # type: ignore[method-assign]
+Writer._apply = _paused_apply  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     import sys

@@ -94,8 +94,7 @@ class Stack:
         return proc
 
     def beat(self, name: str) -> subprocess.Popen[bytes]:
-        schedule = str(self.tmp / f"{name}-schedule")
-        argv = [sys.executable, "-m", "celery", "-A", "worker", "beat", "-s", schedule]
+        argv = [sys.executable, "-m", "celery", "-A", "worker", "beat"]
         return self.spawn(name, [*argv, "--loglevel", "INFO"])
 
     def log(self, name: str) -> str:

@@ -1,8 +1,8 @@
 """`keyrotor web`, `admin-keys create|list|delete` and `admin-token`.
 
 An admin key's private half is written once, to a file only its owner can read, and is not
-kept anywhere else; keyrotor stores the public half. `admin-token` signs exactly the token
-the Authgear sample signs: `aud` as a list, `iat`, `exp`, and the `kid` header.
+kept anywhere else; keyrotor stores the public half. `admin-token` signs an RS256 token with
+the `kid` header, `aud` as a list, `iat` and `exp` (and `iss` when KEYROTOR_ADMIN_ISSUER is set).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import timedelta
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,8 +16,12 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from worker.cli import admin as cli_admin
 from worker.cli import events as cli_events
 from worker.cli.common import Json, emit, err, fail, out, print_json, published, service, settings
+from worker.core import keys
+from worker.core.clock import rfc3339
 from worker.core.durations import format_duration, parse_duration
 from worker.core.errors import KeyrotorError
+from worker.service import KeyView, RealmView
+from worker.service.wire import realm_json
 
 app = typer.Typer(
     help="keyrotor: JWT signing keys for many realms, rotated on schedule.",
@@ -47,32 +51,40 @@ Sort = Annotated[SortBy, typer.Option(help="Sort field.")]
 Order = Annotated[Direction, typer.Option(help="Sort direction.")]
 
 
-def realm_table(rows: list[dict[str, Any]]) -> Table:
+def when(moment: datetime | None) -> str:
+    """A table cell: the timestamp as the JSON writes it, or empty."""
+    return rfc3339(moment) or ""
+
+
+def realm_table(rows: list[RealmView]) -> Table:
     table = Table(
         "id", "name", "algo", "rotation", "prepublish", "grace", "max ttl", "version", "next change"
     )
     for r in rows:
-        spans = [
-            format_duration(timedelta(seconds=r[k]))
-            for k in ("rotation_period", "prepublish", "grace", "max_token_ttl")
-        ]
+        policy = r.policy
+        spans = (policy.rotation_period, policy.prepublish, policy.grace, policy.max_token_ttl)
         table.add_row(
-            r["id"], r["name"], r["algo"], *spans, str(r["jwks_version"]), r["next_rotation_at"]
+            r.id,
+            r.name,
+            policy.algo,
+            *map(format_duration, spans),
+            str(r.jwks_version),
+            when(r.next_rotation_at),
         )
     return table
 
 
-def key_table(rows: list[dict[str, Any]]) -> Table:
+def key_table(rows: list[KeyView]) -> Table:
     table = Table("id", "realm", "algo", "state", "created", "activated", "delete after")
     for r in rows:
         table.add_row(
-            r["id"],
-            r["realm_id"],
-            r["algo"],
-            r["state"],
-            r["created_at"],
-            r["activated_at"] or "",
-            r["delete_after"] or "",
+            r.id,
+            r.realm_id,
+            r.algo,
+            r.state.value,
+            when(r.created_at),
+            when(r.activated_at),
+            when(r.delete_after),
         )
     return table
 
@@ -103,14 +115,16 @@ def policy_options(
     return given
 
 
-Algo = Annotated[str | None, typer.Option(help="hs256, rs256, ps256, es256 or eddsa.")]
+Algo = Annotated[str | None, typer.Option(help=f"One of {', '.join(keys.ALGOS)}.")]
 RotationPeriod = Annotated[str | None, typer.Option(help="How long a key signs, e.g. 30d.")]
 Prepublish = Annotated[
     str | None, typer.Option(help="How long a key is published before it signs, e.g. 1h.")
 ]
 Grace = Annotated[str | None, typer.Option(help="How long a retired key keeps verifying, e.g. 6h.")]
 MaxTokenTtl = Annotated[str | None, typer.Option(help="Longest token lifetime allowed, e.g. 1h.")]
-RsaBits = Annotated[int | None, typer.Option(help="RSA key size: 2048, 3072 or 4096.")]
+RsaBits = Annotated[
+    int | None, typer.Option(help=f"RSA key size: {', '.join(map(str, keys.RSA_BITS))}.")
+]
 
 
 # -- realms --------------------------------------------------------------------------------------
@@ -129,7 +143,9 @@ def realms_create(
 ) -> None:
     """Create a realm; it starts with one active key."""
     policy = policy_options(algo, rotation_period, prepublish, grace, max_token_ttl, rsa_bits)
-    emit(published(service().create_realm(name, **policy)), as_json, realm_table)
+    view = service().create_realm(name, **policy)
+    published(view.id)
+    emit(view, as_json, realm_table)
 
 
 @realms_app.command("list")
@@ -141,11 +157,10 @@ def realms_list(
     as_json: Json = False,
 ) -> None:
     """List realms, newest id first."""
-    emit(
-        service().list_realms(after=after, max_results=max_results, direction=direction.value),
-        as_json,
-        realm_table,
+    page = service().list_realms(
+        after=after, max_results=max_results, direction=direction.value, sort=sort.value
     )
+    emit(page, as_json, realm_table)
 
 
 @realms_app.command("get")
@@ -167,13 +182,17 @@ def realms_update(
 ) -> None:
     """Change a realm's policy; keys already made are kept."""
     policy = policy_options(algo, rotation_period, prepublish, grace, max_token_ttl, rsa_bits)
-    emit(published(service().update_realm(realm, **policy)), as_json, realm_table)
+    view = service().update_realm(realm, **policy)
+    published(view.id)
+    emit(view, as_json, realm_table)
 
 
 @realms_app.command("delete")
 def realms_delete(realm: str, as_json: Json = False) -> None:
     """Delete a realm and every key in it."""
-    emit(published(service().delete_realm(realm)), as_json, realm_table)
+    view = service().delete_realm(realm)
+    published(view.id)
+    emit(view, as_json, realm_table)
 
 
 # -- keys ----------------------------------------------------------------------------------------
@@ -190,7 +209,11 @@ def keys_list(
 ) -> None:
     """List keys, newest id first."""
     page = service().list_keys(
-        realm=realm, after=after, max_results=max_results, direction=direction.value
+        realm=realm,
+        after=after,
+        max_results=max_results,
+        direction=direction.value,
+        sort=sort.value,
     )
     emit(page, as_json, key_table)
 
@@ -224,7 +247,8 @@ def keys_create(
         except (OSError, UnicodeDecodeError) as error:
             fail(f"cannot read {key_file}: {error.__class__.__name__}")
     created = service().create_key(realm, algo, key_text=key_text, activate=activate)
-    emit(published(created), as_json, key_table)
+    published(created.realm_id)
+    emit(created, as_json, key_table)
 
 
 @keys_app.command("delete")
@@ -236,7 +260,9 @@ def keys_delete(
     as_json: Json = False,
 ) -> None:
     """Expire a key (it keeps verifying for the grace period), or revoke it with --force."""
-    emit(published(service().delete_key(key_id, force=force)), as_json, key_table)
+    original = service().delete_key(key_id, force=force)
+    published(original.realm_id)
+    emit(original, as_json, key_table)
 
 
 # -- realm-wide operations -----------------------------------------------------------------------
@@ -272,16 +298,13 @@ def rotate(realm: str, as_json: Json = False) -> None:
     """Rotate a realm now: the pending key (or a new one) signs from now on."""
     svc = service()
     change = svc.rotate(realm, force=True)
-    view = published(svc.get_realm(realm))
-    result = {"realm": view, "activated": change and change.activated}
-    result["retired"] = change and change.retired
+    view = svc.get_realm(realm)
+    published(view.id)
+    activated, retired = change and change.activated, change and change.retired
     if as_json:
-        print_json(result)
+        print_json({"realm": realm_json(view), "activated": activated, "retired": retired})
         return
-    out.print(
-        f"{view['name']}: {result['retired']} -> {result['activated']},"
-        f" next change {view['next_rotation_at']}"
-    )
+    out.print(f"{view.name}: {retired} -> {activated}, next change {when(view.next_rotation_at)}")
 
 
 @app.command()

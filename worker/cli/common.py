@@ -6,13 +6,14 @@ import json
 import sys
 from collections.abc import Callable
 from functools import cache
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from worker.service import Page, Service
+from worker.service import KeyView, Page, RealmView, Service
+from worker.service.wire import page_json, view_json
 from worker.settings import Settings
 
 # Piped output keeps whole ids and timestamps rather than a terminal's 80 columns.
@@ -43,27 +44,32 @@ def service() -> Service:
     return build_service(settings())
 
 
-def published(view: dict[str, Any]) -> dict[str, Any]:
+def published(realm_id: str) -> None:
     """Publish the changed realm's JWKS, then relay its events, when a Redis is known; else
     the worker's sweeps catch up."""
     from worker import runtime
 
     if runtime.redis_url(settings()) is not None:
-        runtime.relay(settings(), service()).after_commit(view.get("realm_id", view["id"]))
-    return view
+        runtime.relay(settings(), service()).after_commit(realm_id)
 
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-def emit(
-    data: dict[str, Any] | Page, as_json: bool, table: Callable[[list[dict[str, Any]]], Table]
-) -> None:
-    if as_json:
-        print_json(data.as_dict() if isinstance(data, Page) else data)
-        return
-    rows = data.collection if isinstance(data, Page) else [data]
-    out.print(table(rows))
-    if isinstance(data, Page) and data.more_results and rows:
-        out.print(f"more results: --after {rows[-1]['id']}")
+View = TypeVar("View", RealmView, KeyView)
+
+
+def emit(data: View | Page[View], as_json: bool, table: Callable[[list[View]], Table]) -> None:
+    """A view or a page: AuthRocket's JSON for scripts, else a table (and where to go on)."""
+    if isinstance(data, Page):
+        if as_json:
+            print_json(page_json(data))
+            return
+        out.print(table(data.collection))
+        if data.more_results and data.collection:
+            out.print(f"more results: --after {data.collection[-1].id}")
+    elif as_json:
+        print_json(view_json(data))
+    else:
+        out.print(table([data]))

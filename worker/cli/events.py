@@ -50,7 +50,7 @@ def events(
     url = runtime.require_redis_url(settings())
     realm_id = realm
     if realm is not None and not ids.looks_like("rl", realm):
-        realm_id = service().get_realm(realm)["id"]
+        realm_id = service().get_realm(realm).id
     start = since
     if since is not None and since.startswith("evt_"):
         start = entry_id_of(runtime.redis_client(url), since)
@@ -114,7 +114,7 @@ def token_verify(
 
     text = sys.stdin.read().strip() if token == "-" else token.strip()
     svc = service()
-    realm_id = svc.get_realm(realm)["id"]  # an unknown realm is bad input (status 2)
+    realm_id = svc.get_realm(realm).id  # an unknown realm is bad input (status 2)
     cache = KeyCache(ServiceKeys(svc), clock_skew=settings().clock_skew)
     try:
         claims = cache.verify(realm_id, text, audience=aud, issuer=iss)

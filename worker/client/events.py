@@ -11,6 +11,8 @@ from datetime import timedelta
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 STREAM = "keyrotor:events"
 CHANNEL = "keyrotor:realm.updated"
@@ -37,6 +39,27 @@ FIELDS: tuple[str, ...] = (
 )
 # How long Redis remembers that an event was relayed, and as which stream entry.
 RELAYED_TTL = timedelta(days=7)
+
+
+def redis_client(
+    url: str,
+    *,
+    timeout: float = 5.0,
+    read_timeout: float | None = None,
+    fail_fast: bool = False,
+    **options: Any,
+) -> redis.Redis:
+    """A client for `url` that never waits forever (redis-py's default): `timeout` for
+    connecting and reading, `read_timeout` instead for reads that block longer. `fail_fast`
+    makes one attempt, for callers with another source or a backoff of their own."""
+    if fail_fast:
+        options["retry"] = Retry(NoBackoff(), 0)
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout if read_timeout is None else read_timeout,
+        **options,
+    )
 
 
 def encode(event: dict[str, Any]) -> str:

@@ -28,9 +28,8 @@ import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from worker.client.events import STREAM, STREAM_FIELD, decode
+from worker.client.events import STREAM, STREAM_FIELD, decode, redis_client
 from worker.core.errors import InvalidInput
 
 log = logging.getLogger("keyrotor.subscriber")
@@ -228,13 +227,12 @@ class Subscriber:
         self.connected.clear()
 
     def _connect(self) -> redis.Redis:
-        client = redis.Redis.from_url(
+        client = redis_client(
             self.redis_url,
+            read_timeout=self.block + 5,
+            fail_fast=True,  # our own backoff decides when to try again
             decode_responses=True,
-            socket_connect_timeout=5,
-            socket_timeout=self.block + 5,
             client_name=CLIENT_NAME,
-            retry=Retry(NoBackoff(), 0),  # our own backoff decides when to try again
         )
         client.ping()
         return client

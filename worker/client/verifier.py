@@ -29,8 +29,10 @@ from typing import Any, Protocol
 import jwt
 import redis
 
-from worker.core import keys
+from worker.client.events import redis_client
+from worker.core.bounded import BoundedDict
 from worker.core.errors import InvalidInput, InvalidToken, KeyrotorError, NotFound
+from worker.core.keys import PUBLIC_ALGS
 
 log = logging.getLogger("keyrotor.verifier")
 
@@ -40,7 +42,6 @@ HEADERS_REMEMBERED = 1024
 REFETCH_COOLDOWN = timedelta(seconds=5)
 RETRY_AFTER = timedelta(seconds=1)
 CLOCK_SKEW = timedelta(seconds=60)
-ASYMMETRIC_ALGS = frozenset(alg for algo, alg in keys.JWT_ALG.items() if algo != "hs256")
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def parse_jwks(document: str | bytes | Mapping[str, Any]) -> dict[str, Verifying
         alg = member.get("alg") if isinstance(member, Mapping) else None
         # isinstance first: `[] in frozenset()` is a TypeError, and one odd member must not
         # make a whole realm unverifiable
-        if not isinstance(kid, str) or not isinstance(alg, str) or alg not in ASYMMETRIC_ALGS:
+        if not isinstance(kid, str) or not isinstance(alg, str) or alg not in PUBLIC_ALGS:
             log.warning("skipped a JWKS member without kid or with alg %r", alg)
             continue
         try:
@@ -102,7 +103,7 @@ class RedisKeys:
 
     @classmethod
     def from_url(cls, redis_url: str) -> RedisKeys:
-        return cls(redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5))
+        return cls(redis_client(redis_url))
 
     def fetch(self, realm: str) -> KeySet:
         document, version = self.redis.hmget(f"keyrotor:jwks:{realm}", ["document", "jwks_version"])
@@ -180,7 +181,7 @@ class KeyCache:
         self._lock = threading.Lock()
         # Header segment -> (kid, alg): every token of a key has the same header, and parsing
         # it was most of what verify added to `jwt.decode` (bench/README.md, verifying).
-        self._headers: dict[str, tuple[object, object]] = {}
+        self._headers: BoundedDict[str, tuple[object, object]] = BoundedDict(HEADERS_REMEMBERED)
 
     @classmethod
     def from_redis(cls, redis_url: str, **options: Any) -> KeyCache:
@@ -217,8 +218,6 @@ class KeyCache:
         if known is None:
             header = unverified_header(token)
             known = (header.get("kid"), header.get("alg"))
-            if len(self._headers) >= HEADERS_REMEMBERED:
-                self._headers.clear()  # made-up headers cannot grow it past the bound
             self._headers[head] = known
         return known
 

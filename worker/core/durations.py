@@ -14,29 +14,32 @@ _SECONDS = re.compile(r"[0-9]{1,12}")
 MAX = timedelta(days=3650)
 
 
-def parse_duration(text: str | int | float | timedelta) -> timedelta:
-    """Parse `30d`, `6h`, `1h30m`, `90s` or a bare number of seconds; refuse anything else."""
+def parse_duration(text: object) -> timedelta:
+    """Parse `30d`, `6h`, `1h30m`, `90s`, a number of seconds or a timedelta; anything else
+    (a bool, a list, `1.5h`) is InvalidInput, the one refusal every caller shows."""
+    raw = text.strip().lower() if isinstance(text, str) else ""
+    seconds: float
     if isinstance(text, timedelta):
         seconds = text.total_seconds()
-    elif isinstance(text, bool):
-        raise _invalid(text)
-    elif isinstance(text, int | float):
-        seconds = float(text)
+    elif isinstance(text, int | float) and not isinstance(text, bool):
+        seconds = text  # an int stays one: float() of a 400-digit number overflows
+    elif _SECONDS.fullmatch(raw):
+        seconds = int(raw)
+    elif len(raw) <= 40 and _WHOLE.fullmatch(raw):
+        seconds = sum(int(n) * _UNITS[u] for n, u in _PART.findall(raw))
     else:
-        raw = text.strip().lower()
-        if _SECONDS.fullmatch(raw):
-            seconds = int(raw)
-        elif len(raw) <= 40 and _WHOLE.fullmatch(raw):
-            seconds = sum(int(n) * _UNITS[u] for n, u in _PART.findall(raw))
-        else:
-            raise _invalid(text)
+        raise InvalidInput(f"invalid duration {text!r} (use e.g. 30d, 6h, 5m, 90s)")
     if not 0 <= seconds <= MAX.total_seconds():  # also refuses nan
-        raise InvalidInput(f"duration {text} is out of range (0s to 3650d)")
+        raise InvalidInput(f"duration {text} is out of range (0s to {format_duration(MAX)})")
     return timedelta(seconds=seconds)
 
 
-def _invalid(text: object) -> InvalidInput:
-    return InvalidInput(f"invalid duration {text!r} (use e.g. 30d, 6h, 5m, 90s)")
+def field_problem(label: str) -> str:
+    """How the admin API refuses a policy field that is no duration."""
+    return (
+        f"{label} must be seconds or a duration such as 30d, 6h, 5m or 90s"
+        f" (at most {format_duration(MAX)})"
+    )
 
 
 def format_duration(value: timedelta) -> str:

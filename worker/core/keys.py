@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any, Literal, get_args
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
+from jwt import get_algorithm_by_name
 
 from worker.core import ids
 from worker.core.errors import InvalidInput
 
-ALGOS: tuple[str, ...] = ("hs256", "rs256", "ps256", "es256", "eddsa")
+Algo = Literal["hs256", "rs256", "ps256", "es256", "eddsa"]
+"""What keyrotor signs with, as operators write it: settings, API enums and help read this."""
+RsaBits = Literal[2048, 3072, 4096]
+PublicAlg = Literal["RS256", "PS256", "ES256", "EdDSA"]
+"""The JWT `alg` of the keys a JWKS publishes: every algo but hs256, whose key is secret."""
+ALGOS: tuple[Algo, ...] = get_args(Algo)
+RSA_BITS: tuple[RsaBits, ...] = get_args(RsaBits)
+PUBLIC_ALGS: frozenset[str] = frozenset(get_args(PublicAlg))
 JWT_ALG: dict[str, str] = {
     "hs256": "HS256",
     "rs256": "RS256",
@@ -22,13 +30,14 @@ JWT_ALG: dict[str, str] = {
     "es256": "ES256",
     "eddsa": "EdDSA",
 }
-RSA_BITS: tuple[int, ...] = (2048, 3072, 4096)
 RSA_PUBLIC_EXPONENT = 65537
 MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 4096
 MIN_HMAC_BYTES = 32
 MAX_IMPORT_CHARS = 16 * 1024
 _RSA_ALGOS = ("rs256", "ps256")
+# What a JWKS member carries besides kty, kid, use and alg: public parameters, nothing else.
+_PUBLIC_PARAMETERS = ("crv", "n", "e", "x", "y")
 
 AsymmetricPrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 AsymmetricPublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
@@ -96,21 +105,17 @@ def import_key(algo: str, text: str) -> KeyMaterial:
 
 
 def public_jwk(algo: str, kid: str, public_pem: str) -> dict[str, str]:
-    """The JWKS member for a key: public parameters only, base64url without padding."""
+    """The JWKS member for a key: PyJWT's export of the public parameters (it adds `key_ops`
+    to RSA keys, which is left out), with `kid`, `use` and `alg`."""
     algo = check_algo(algo)
     if algo == "hs256":
         raise InvalidInput("hs256 keys are secret and never appear in a JWKS")
-    public_key = load_verifying_key(algo, public_pem)
-    head = {"kid": kid, "use": "sig", "alg": JWT_ALG[algo]}
-    if isinstance(public_key, rsa.RSAPublicKey):
-        numbers = public_key.public_numbers()
-        return {"kty": "RSA", **head, "n": _b64_uint(numbers.n), "e": _b64_uint(numbers.e)}
-    if isinstance(public_key, ec.EllipticCurvePublicKey):
-        point = public_key.public_numbers()
-        x, y = _b64(point.x.to_bytes(32, "big")), _b64(point.y.to_bytes(32, "big"))
-        return {"kty": "EC", **head, "crv": "P-256", "x": x, "y": y}
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return {"kty": "OKP", **head, "crv": "Ed25519", "x": _b64(raw)}
+    alg = JWT_ALG[algo]
+    exported: dict[str, Any] = get_algorithm_by_name(alg).to_jwk(
+        load_verifying_key(algo, public_pem), as_dict=True
+    )
+    member = {"kty": str(exported["kty"]), "kid": kid, "use": "sig", "alg": alg}
+    return member | {name: str(exported[name]) for name in _PUBLIC_PARAMETERS if name in exported}
 
 
 def load_signing_key(algo: str, secret: bytes) -> SigningKey:
@@ -159,13 +164,11 @@ def _load_private_pem(pem: bytes, *, validate: bool) -> PrivateKeyTypes:
 
 
 def _private_for(algo: str, key: PrivateKeyTypes) -> AsymmetricPrivateKey:
-    if algo in _RSA_ALGOS and isinstance(key, rsa.RSAPrivateKey):
-        return key
-    if algo == "es256" and isinstance(key, ec.EllipticCurvePrivateKey) and _is_p256(key.curve):
-        return key
-    if algo == "eddsa" and isinstance(key, ed25519.Ed25519PrivateKey):
-        return key
-    raise InvalidInput(f"Key does not match algo {algo}")
+    """A private key matches `algo` when its public half does."""
+    if not isinstance(key, AsymmetricPrivateKey):
+        raise InvalidInput(f"Key does not match algo {algo}")
+    _public_for(algo, key.public_key())
+    return key
 
 
 def _public_for(algo: str, key: PublicKeyTypes) -> AsymmetricPublicKey:
@@ -180,15 +183,6 @@ def _public_for(algo: str, key: PublicKeyTypes) -> AsymmetricPublicKey:
 
 def _is_p256(curve: ec.EllipticCurve) -> bool:
     return isinstance(curve, ec.SECP256R1)
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _b64_uint(value: int) -> str:
-    """RFC 7518 integers: big-endian, shortest form."""
-    return _b64(value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big"))
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,14 @@ A key lives: pending (published, signs nothing) -> active (the one signing key) 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
+from worker.core import keys
 from worker.core.durations import format_duration
-from worker.core.errors import NotFound
+from worker.core.errors import InvalidInput, NotFound
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -39,29 +40,77 @@ class Policy:
     rsa_bits: int = 2048
 
 
-def policy_problems(policy: Policy, *, clock_skew: timedelta, jwks_max_age: timedelta) -> list[str]:
-    """Why this policy could break a live token or a cached JWKS; empty when it is safe."""
+_FIELD_WORDS = {
+    "rsa_bits": "rsa bits",
+    "rotation_period": "rotation period",
+    "prepublish": "prepublish",
+    "grace": "grace",
+    "max_token_ttl": "max token ttl",
+    "clock_skew": "clock skew",
+    "jwks_max_age": "the JWKS max-age",
+}
+
+Names = Callable[..., str]
+"""How a caller names one setting, or the sum of several: `name("grace")`."""
+
+
+def _in_words(*fields: str) -> str:
+    """The API's and the CLI's names: `max token ttl plus clock skew`."""
+    return " plus ".join(_FIELD_WORDS[field] for field in fields)
+
+
+def policy_problems(
+    policy: Policy, *, clock_skew: timedelta, jwks_max_age: timedelta, name: Names = _in_words
+) -> list[str]:
+    """Why this policy could break a live token or a cached JWKS; empty when it is safe.
+
+    `name` spells the settings involved, so the same rules speak the API's words here and
+    the environment variables' in `worker.settings`."""
+    span = format_duration
     problems = []
     if policy.rotation_period < timedelta(seconds=1):
-        problems.append("Rotation period must be at least 1s")
+        problems.append(f"{name('rotation_period')} must be at least 1s")
     if policy.max_token_ttl < timedelta(seconds=1):
-        problems.append("Max token ttl must be at least 1s")
+        problems.append(f"{name('max_token_ttl')} must be at least 1s")
     if policy.rotation_period <= policy.prepublish:
         problems.append(
-            f"Rotation period ({format_duration(policy.rotation_period)}) must be longer than"
-            f" prepublish ({format_duration(policy.prepublish)})"
+            f"{name('rotation_period')} ({span(policy.rotation_period)}) must be longer than"
+            f" {name('prepublish')} ({span(policy.prepublish)})"
         )
     if policy.grace < policy.max_token_ttl + clock_skew:
         problems.append(
-            f"Grace ({format_duration(policy.grace)}) must be at least max token ttl plus clock"
-            f" skew ({format_duration(policy.max_token_ttl + clock_skew)})"
+            f"{name('grace')} ({span(policy.grace)}) must be at least"
+            f" {name('max_token_ttl', 'clock_skew')} ({span(policy.max_token_ttl + clock_skew)})"
         )
     if policy.prepublish < jwks_max_age:
         problems.append(
-            f"Prepublish ({format_duration(policy.prepublish)}) must be at least the JWKS max-age"
-            f" ({format_duration(jwks_max_age)})"
+            f"{name('prepublish')} ({span(policy.prepublish)}) must be at least"
+            f" {name('jwks_max_age')} ({span(jwks_max_age)})"
         )
-    return problems
+    return [_sentence(problem) for problem in problems]
+
+
+def check_policy(
+    policy: Policy, *, clock_skew: timedelta, jwks_max_age: timedelta, name: Names = _in_words
+) -> Policy:
+    """The policy with its algo normalized, or InvalidInput naming every unsafe setting: what
+    a new or changed policy, a stored one (`keyrotor doctor`) and the default one pass."""
+    problems = []
+    try:
+        policy = replace(policy, algo=keys.check_algo(policy.algo))
+    except InvalidInput as error:
+        problems += error.messages
+    if policy.rsa_bits not in keys.RSA_BITS:
+        bits = ", ".join(map(str, keys.RSA_BITS))
+        problems.append(_sentence(f"{name('rsa_bits')} must be one of {bits}"))
+    problems += policy_problems(policy, clock_skew=clock_skew, jwks_max_age=jwks_max_age, name=name)
+    if problems:
+        raise InvalidInput(*problems)
+    return policy
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from worker.core.durations import parse_duration
+from worker.core.durations import field_problem, parse_duration
 from worker.core.errors import InvalidInput, NotFound
 from worker.http.auth import AdminPrincipal
 from worker.http.context import clean_ref, context
 from worker.http.models import (
+    DURATION_FIELDS,
     Errors,
     JwtKey,
     JwtKeyPage,
@@ -28,6 +29,7 @@ from worker.http.models import (
     RealmPolicyEnvelope,
 )
 from worker.service import MAX_RESULTS
+from worker.service.wire import key_json, page_json, realm_json
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -76,7 +78,6 @@ After = Annotated[
 MaxResults = Annotated[int, Query(ge=1, le=MAX_RESULTS, description="Page size, 1-100.")]
 Sort = Annotated[Literal["id"], Query(description="Sort field.")]
 Direction = Annotated[Literal["asc", "desc"], Query(description="Sort direction.")]
-DURATIONS = ("rotation_period", "prepublish", "grace", "max_token_ttl")
 
 
 def _after(value: str | None) -> str | None:
@@ -89,16 +90,12 @@ def _policy(fields: RealmPolicy) -> dict[str, Any]:
     """The policy fields given, durations parsed; every bad one is named at once."""
     given = fields.model_dump(exclude_none=True, include=set(RealmPolicy.model_fields))
     problems = []
-    for name in DURATIONS:
+    for name in DURATION_FIELDS:
         if name in given:
             try:
                 given[name] = parse_duration(given[name])
             except InvalidInput:
-                label = name.replace("_", " ").capitalize()
-                problems.append(
-                    f"{label} must be seconds or a duration such as 30d, 6h, 5m or 90s"
-                    " (at most 3650d)"
-                )
+                problems.append(field_problem(name.replace("_", " ").capitalize()))
     if problems:
         raise InvalidInput(*problems)
     return given
@@ -119,15 +116,15 @@ def list_jwt_keys(
     """List keys, newest id first unless `direction=asc`; an unknown `realm_id` is 404."""
     realm = clean_ref(realm_id) if realm_id is not None else None
     page = context(request).service.list_keys(
-        realm=realm, after=_after(after), max_results=max_results, direction=direction
+        realm=realm, after=_after(after), max_results=max_results, direction=direction, sort=sort
     )
-    return page.as_dict()
+    return page_json(page)
 
 
 @router.get("/jwt_keys/{key_id}", response_model=JwtKey, tags=["jwt_keys"], responses=NOT_FOUND)
 def get_jwt_key(request: Request, key_id: str) -> dict[str, Any]:
     """One key."""
-    return context(request).service.get_key(clean_ref(key_id))
+    return key_json(context(request).service.get_key(clean_ref(key_id)))
 
 
 @router.post("/jwt_keys", status_code=201, response_model=JwtKey, tags=["jwt_keys"])
@@ -145,8 +142,8 @@ def create_jwt_key(request: Request, body: NewJwtKeyEnvelope) -> dict[str, Any]:
         )
     except NotFound:
         raise InvalidInput("Realm not found") from None
-    ctx.published(view["realm_id"])
-    return view
+    ctx.published(view.realm_id)
+    return key_json(view)
 
 
 @router.delete(
@@ -170,8 +167,8 @@ def delete_jwt_key(
     """
     ctx = context(request)
     original = ctx.service.delete_key(clean_ref(key_id), force=force)
-    ctx.published(original["realm_id"])
-    return original
+    ctx.published(original.realm_id)
+    return key_json(original)
 
 
 # -- realms --------------------------------------------------------------------------------------
@@ -187,15 +184,15 @@ def list_realms(
 ) -> dict[str, Any]:
     """List realms, newest id first unless `direction=asc`."""
     page = context(request).service.list_realms(
-        after=_after(after), max_results=max_results, direction=direction
+        after=_after(after), max_results=max_results, direction=direction, sort=sort
     )
-    return page.as_dict()
+    return page_json(page)
 
 
 @router.get("/realms/{realm}", response_model=Realm, tags=["realms"], responses=NOT_FOUND)
 def get_realm(request: Request, realm: str) -> dict[str, Any]:
     """One realm, by id or name."""
-    return context(request).service.get_realm(clean_ref(realm))
+    return realm_json(context(request).service.get_realm(clean_ref(realm)))
 
 
 @router.post("/realms", status_code=201, response_model=Realm, tags=["realms"], responses=CONFLICT)
@@ -204,15 +201,15 @@ def create_realm(request: Request, body: NewRealmEnvelope) -> dict[str, Any]:
     ctx = context(request)
     name = body.realm.name
     view = ctx.service.create_realm(name, **_policy(body.realm))
-    ctx.published(view["id"])
-    return view
+    ctx.published(view.id)
+    return realm_json(view)
 
 
 def _update(request: Request, realm: str, body: RealmPolicyEnvelope) -> dict[str, Any]:
     ctx = context(request)
     view = ctx.service.update_realm(clean_ref(realm), **_policy(body.realm))
-    ctx.published(view["id"])
-    return view
+    ctx.published(view.id)
+    return realm_json(view)
 
 
 @router.put("/realms/{realm}", response_model=Realm, tags=["realms"], responses=NOT_FOUND)
@@ -234,5 +231,5 @@ def delete_realm(request: Request, realm: str) -> dict[str, Any]:
     """Delete a realm and every key in it; its JWKS is withdrawn. Answers with the realm."""
     ctx = context(request)
     view = ctx.service.delete_realm(clean_ref(realm))
-    ctx.published(view["id"])
-    return view
+    ctx.published(view.id)
+    return realm_json(view)

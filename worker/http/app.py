@@ -20,6 +20,7 @@ from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
 from worker.core.clock import Clock, utcnow
+from worker.core.durations import field_problem
 from worker.core.errors import (
     Conflict,
     InvalidInput,
@@ -32,6 +33,7 @@ from worker.core.errors import (
 from worker.http import admin, health, jwks_route
 from worker.http.auth import AdminAuthenticator, challenge
 from worker.http.context import HttpContext, RedisHandle
+from worker.http.models import DURATION_FIELDS
 from worker.service import Service
 from worker.settings import Settings
 from worker.store.admin_keys import AdminKeys
@@ -52,7 +54,6 @@ FIELD_NAMES = {
     "body": "Body",
 }
 FIELD_MESSAGES = {"max_results": "Max results must be between 1 and 100"}
-DURATION_FIELDS = ("rotation_period", "prepublish", "grace", "max_token_ttl")
 ERRORS_REF = "#/components/schemas/Errors"
 BODY_NOT_PARSED = "There was an error parsing the body"
 
@@ -77,6 +78,9 @@ def create_app(
         description=DESCRIPTION,
         docs_url="/docs",
         redoc_url=None,
+        # A reference that decodes to "/" (`/v1/jwt_keys/%2F`) is not found, answered in the
+        # API's error shape, rather than a bodiless 307 to a path that does not exist either.
+        redirect_slashes=False,
         # No OpenTelemetry here; left on, FastAPI looks for its providers on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
@@ -90,7 +94,6 @@ def create_app(
             issuer=settings.admin_issuer,
             max_ttl=settings.admin_token_max_ttl,
             clock_skew=settings.clock_skew,
-            clock=clock,
         ),
         redis=RedisHandle(settings, redis_client),
         clock=clock,
@@ -222,8 +225,7 @@ def _human(detail: Any) -> str:
     # Union members (`int`, `str`) and our own field names come after the field itself.
     field = next((part for part in reversed(where) if part in DURATION_FIELDS), None)
     if field is not None:
-        label = field.replace("_", " ").capitalize()
-        return f"{label} must be seconds or a duration such as 30d, 6h, 5m or 90s (at most 3650d)"
+        return field_problem(_label(field))
     field = where[-1]
     if field in FIELD_MESSAGES:
         return FIELD_MESSAGES[field]

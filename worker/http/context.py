@@ -12,10 +12,9 @@ from typing import cast
 
 import redis
 from fastapi import Request
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from worker import runtime
+from worker.core.bounded import BoundedDict
 from worker.core.clock import Clock
 from worker.core.errors import NotFound
 from worker.http.auth import AdminAuthenticator
@@ -62,12 +61,7 @@ class RedisHandle:
         if self._client is None:
             url = runtime.redis_url(self.settings)
             if url is not None:
-                self._client = redis.Redis.from_url(
-                    url,
-                    socket_timeout=REDIS_TIMEOUT,
-                    socket_connect_timeout=REDIS_TIMEOUT,
-                    retry=Retry(NoBackoff(), 0),
-                )
+                self._client = runtime.redis_client(url, timeout=REDIS_TIMEOUT, fail_fast=True)
         return self._client
 
     def reader(self) -> redis.Redis | None:
@@ -94,8 +88,9 @@ class NameCache:
     name stored with the published copy."""
 
     ttl: float = NAME_TTL_SECONDS
-    size: int = NAME_CACHE_SIZE
-    _entries: dict[str, tuple[str, float]] = field(default_factory=dict)
+    _entries: BoundedDict[str, tuple[str, float]] = field(
+        default_factory=lambda: BoundedDict(NAME_CACHE_SIZE)
+    )
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, name: str) -> str | None:
@@ -108,8 +103,6 @@ class NameCache:
 
     def put(self, name: str, realm_id: str) -> None:
         with self._lock:
-            if len(self._entries) >= self.size:
-                self._entries.clear()
             self._entries[name] = (realm_id, time.monotonic() + self.ttl)
 
     def forget(self, name: str) -> None:
@@ -153,9 +146,10 @@ class Recent:
     change through this process no answer comes from an older read."""
 
     seconds: float = RECENT_SECONDS
-    size: int = RECENT_SIZE
     generation: int = 0
-    _entries: dict[str, tuple[Document, float]] = field(default_factory=dict)
+    _entries: BoundedDict[str, tuple[Document, float]] = field(
+        default_factory=lambda: BoundedDict(RECENT_SIZE)
+    )
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, ref: str) -> Document | None:
@@ -171,8 +165,6 @@ class Recent:
         with self._lock:
             if generation != self.generation:
                 return
-            if len(self._entries) >= self.size:
-                self._entries.clear()
             self._entries[ref] = (document, time.monotonic() + self.seconds)
 
     def clear(self) -> None:

@@ -1,7 +1,8 @@
 """Request and response bodies of the HTTP API, so `/openapi.json` says exactly what is served.
 
-The response models mirror `Service.key_view` and `realm_view` field for field (a test checks);
-requests use AuthRocket's envelopes, `{"jwt_key": {...}}` and `{"realm": {...}}`.
+The response models describe what `worker.service.wire` produces, field for field and in
+order (a test checks); they validate answers but build none. Requests use AuthRocket's
+envelopes, `{"jwt_key": {...}}` and `{"realm": {...}}`.
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ from typing import Annotated, Literal, NotRequired
 from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import TypedDict
 
+from worker.core import keys
+
 Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 Duration = Annotated[
     int | str,
     Field(description="Seconds, or a duration written `30d`, `6h`, `5m`, `90s` (or `1h30m`)."),
 ]
-ALGO_HELP = "One of `hs256`, `rs256`, `ps256`, `es256`, `eddsa` (any case)."
+DURATION_FIELDS = ("rotation_period", "prepublish", "grace", "max_token_ttl")
+"""The `RealmPolicy` fields of type `Duration`: parsed by `worker.http.admin`."""
+ALGO_HELP = f"One of {', '.join(f'`{algo}`' for algo in keys.ALGOS)} (any case)."
 
 
 class Errors(BaseModel):
@@ -29,7 +34,7 @@ class JwtKey(BaseModel):
     id: str = Field(examples=["jky_0vRHaJyOFdkV3QVJpUJqJQ"])
     object: Literal["jwt_key"]
     realm_id: str
-    algo: Literal["hs256", "rs256", "ps256", "es256", "eddsa"]
+    algo: keys.Algo
     use: Literal["sign"]
     state: Literal["pending", "active", "expired"]
     expired: bool = Field(description="True when `state` is `expired`.")
@@ -52,7 +57,7 @@ class JwtKeyPage(BaseModel):
 class Realm(BaseModel):
     id: str = Field(examples=["rl_0v1zTHXhtNgmDaXaDYSAqx"])
     name: str
-    algo: Literal["hs256", "rs256", "ps256", "es256", "eddsa"]
+    algo: keys.Algo
     rsa_bits: int
     rotation_period: int = Field(description="Seconds a key signs.")
     prepublish: int = Field(description="Seconds a new key is in the JWKS before it signs.")
@@ -77,7 +82,7 @@ class NewJwtKey(BaseModel):
     use: Literal["sign"] = "sign"
     key: str | None = Field(
         default=None,
-        max_length=16 * 1024,
+        max_length=keys.MAX_IMPORT_CHARS,
         description="Import this key (a PEM private key, or an hs256 secret of at least 256"
         " bits) instead of generating one.",
     )
@@ -102,7 +107,9 @@ class RealmPolicy(BaseModel):
     prepublish: Duration | None = None
     grace: Duration | None = None
     max_token_ttl: Duration | None = None
-    rsa_bits: int | None = Field(default=None, description="2048, 3072 or 4096.")
+    rsa_bits: int | None = Field(
+        default=None, description=f"One of {', '.join(map(str, keys.RSA_BITS))}."
+    )
 
 
 class NewRealm(RealmPolicy):
@@ -134,7 +141,7 @@ class Jwk(TypedDict):
     kty: Literal["RSA", "EC", "OKP"]
     kid: str
     use: Literal["sig"]
-    alg: Literal["RS256", "PS256", "ES256", "EdDSA"]
+    alg: keys.PublicAlg
     n: NotRequired[str]
     e: NotRequired[str]
     crv: NotRequired[Literal["P-256", "Ed25519"]]

@@ -16,7 +16,7 @@ from worker.runtime import require_redis_url
 from worker.settings import Settings, load_settings
 
 # Longer than any task time limit or retry delay, so Redis never redelivers a task that is
-# still running or waiting to retry (see README: "Two of anything at once").
+# still running or waiting to retry (docs/architecture.md: "Two of anything at once").
 VISIBILITY_TIMEOUT = 3600
 TASK_TIME_LIMIT = 300
 RETRY_DELAY_MAX = 120
@@ -24,7 +24,7 @@ RELAY_EVERY = 2.0
 
 
 def make_app(settings: Settings, broker_url: str) -> Celery:
-    guard_detached_channels()  # a Redis restart must not end the worker (worker/broker.py)
+    guard_detached_channels()  # a Redis restart must not end the worker (worker/jobs/broker.py)
     tick = settings.tick.total_seconds()
     sweep = min(60.0, tick * 6)
     app = Celery("keyrotor", broker=broker_url, include=["worker.jobs.tasks"])
@@ -46,7 +46,7 @@ def make_app(settings: Settings, broker_url: str) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
         timezone="UTC",
         enable_utc=True,
-        # In-memory schedule plus a heartbeat in Redis for `keyrotor doctor` (worker/beat.py).
+        # In-memory schedule plus a heartbeat in Redis for `keyrotor doctor` (worker/jobs/beat.py).
         beat_scheduler="worker.jobs.beat:HeartbeatScheduler",
         beat_schedule={
             # A beat message not picked up within its period is dropped: the next one replaces it.

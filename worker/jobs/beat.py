@@ -2,7 +2,7 @@
 
 `keyrotor doctor` and the `keyrotor_beat_last_seen_timestamp_seconds` metric read the heartbeat
 (`worker.publish.heartbeat`), so "beat is silent" is told apart from "workers are slow": no worker
-writes it. `celery beat` runs `HeartbeatScheduler` because `celery_app` names it as
+writes it. `celery beat` runs `HeartbeatScheduler` because `worker.jobs.app` names it as
 `beat_scheduler`. The schedule is kept in memory: every entry is a short interval, so a
 restarted beat loses nothing, and beat needs no writable schedule file (a read-only container
 is fine).
@@ -20,6 +20,7 @@ from typing import Any
 import redis
 from celery.beat import Scheduler
 
+from worker import runtime
 from worker.publish.heartbeat import HEARTBEAT_EVERY, Heartbeat, record_heartbeat
 
 log = logging.getLogger("keyrotor.beat")
@@ -41,9 +42,7 @@ class HeartbeatScheduler(Scheduler):  # type: ignore[misc]
     def _beat(self) -> None:
         try:
             if self._client is None:
-                self._client = redis.Redis.from_url(
-                    self.app.conf.broker_url, socket_timeout=5, socket_connect_timeout=5
-                )
+                self._client = runtime.redis_client(self.app.conf.broker_url)
             record_heartbeat(
                 self._client, Heartbeat(datetime.now(UTC), socket.gethostname(), os.getpid())
             )

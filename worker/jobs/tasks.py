@@ -175,13 +175,13 @@ def delete_key(key_id: str, force: bool = False) -> None:
     except NotFound:
         log.info("key %s is already gone", key_id, extra={"key_id": key_id})
         return
-    publish(original["realm_id"])
+    publish(original.realm_id)
     log.info(
         "%s %s in realm %s",
         "revoked" if force else "expired",
         key_id,
-        original["realm_id"],
-        extra={"realm_id": original["realm_id"], "key_id": key_id},
+        original.realm_id,
+        extra={"realm_id": original.realm_id, "key_id": key_id},
     )
 
 

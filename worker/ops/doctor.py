@@ -17,17 +17,17 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker import runtime
+from worker.client.events import redis_client
 from worker.core.durations import format_duration
 from worker.core.errors import ConfigError, InvalidInput, SealError
 from worker.core.sealing import MasterKeys, load_or_create_key_file
+from worker.ops.logs import shown_url
 from worker.publish.heartbeat import last_heartbeat
 from worker.publish.jwks import Publisher
 from worker.service import Limits, check_policy, policy_of
@@ -90,14 +90,6 @@ def _error(error: BaseException) -> str:
     cause = getattr(error, "orig", None) or error
     text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
     return f"{cause.__class__.__name__}: {text}" if text else cause.__class__.__name__
-
-
-def shown_url(url: str) -> str:
-    """A database or Redis URL with its password hidden."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy parses: show the scheme only
-        return url.split("://", 1)[0] + "://…"
 
 
 # -- the checks, each a function of what it looks at --------------------------------------------
@@ -261,7 +253,7 @@ def check_jwks(
             False,
             f"{_count(len(ahead), COPY, COPIES)} newer than the database: {_ids(ahead)}"
             " (restored from a backup? delete the published copies so they are republished;"
-            " see the README)",
+            " see the database restore runbook in docs/operations.md)",
         )
     if behind:
         return Check(
@@ -310,17 +302,11 @@ class Examination:
 
     @cached_property
     def _redis(self) -> tuple[Check, redis.Redis | None]:
-        url = runtime.redis_url(self.settings)
-        if url is None:
-            return Check(
-                "redis",
-                False,
-                "KEYROTOR_REDIS_URL is not set and no embedded Valkey is running"
-                " (set it, or start everything with `keyrotor run`)",
-            ), None
-        client = redis.Redis.from_url(
-            url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT, retry=Retry(NoBackoff(), 0)
-        )
+        try:
+            url = runtime.require_redis_url(self.settings)
+        except ConfigError as error:
+            return Check("redis", False, str(error)), None
+        client = redis_client(url, timeout=TIMEOUT, fail_fast=True)  # its own: closed after
         self.client = client
         check = check_redis(client, url)
         return check, client if check.ok else None

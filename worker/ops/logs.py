@@ -14,6 +14,7 @@ import re
 import sys
 from datetime import UTC, datetime
 from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from worker.settings import Settings
 
@@ -37,6 +38,19 @@ def redact(text: str) -> str:
     if "jsk_" in text:
         text = _HMAC_SECRET.sub("jsk_[redacted]", text)
     return text
+
+
+def shown_url(url: str) -> str:
+    """A database or Redis URL to print: the password as ***, the rest as configured (a URL
+    that does not even parse shows its scheme only)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return url.split("://", 1)[0] + "://…"
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def fields(record: logging.LogRecord) -> dict[str, Any]:

@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
+import psutil
 import redis
 
 from worker import runtime
+from worker.client.events import redis_client
 from worker.core.errors import ConfigError, Conflict
-from worker.ops.logs import configure_logging
+from worker.ops.logs import configure_logging, shown_url
 from worker.settings import Settings, load_settings
 from worker.store.db import migrate
 
@@ -60,16 +61,15 @@ class Child:
     argv: list[str]
 
 
-def celery_children(settings: Settings) -> list[Child]:
+def celery_children() -> list[Child]:
     """The default pair: one worker with two pool processes, and the one beat scheduler."""
     celery = [sys.executable, "-m", "celery", "-A", "worker"]
-    schedule = str(settings.var_dir / "celerybeat-schedule")
     return [
         Child(
             "worker",
             [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2", "-n", "keyrotor@%h"],
         ),
-        Child("beat", [*celery, "beat", "--loglevel", "INFO", "-s", schedule]),
+        Child("beat", [*celery, "beat", "--loglevel", "INFO"]),  # its schedule is in memory
     ]
 
 
@@ -187,13 +187,13 @@ def serve(
             log.info("redis %s (embedded Valkey, data in %s)", url, settings.var_dir / "valkey")
         else:
             url = settings.redis_url
-            log.info("redis %s", _without_password(url))
+            log.info("redis %s", shown_url(url))
         env = {
             **os.environ,
             **{f"KEYROTOR_{name.upper()}": value for name, value in overrides.items()},
             "KEYROTOR_REDIS_URL": url,
         }
-        chosen = celery_children(settings) if children is None else list(children)
+        chosen = celery_children() if children is None else list(children)
         return _supervise(supervisor, [*chosen, *extra_children], env, valkey)
     finally:
         supervisor.stop()
@@ -236,12 +236,12 @@ def _prepare_database(settings: Settings) -> None:
     starts, so the worker and beat never race to create two different ones.
     """
     migrate(runtime.engine(settings.database_url))
-    log.info("database %s", _without_password(settings.database_url))
+    log.info("database %s", shown_url(settings.database_url))
     service = runtime.build_service(settings)
     if not service.list_realms(max_results=1).collection:
         with contextlib.suppress(Conflict):  # another process created it meanwhile
             realm = service.create_realm("default")
-            log.info("created realm default (%s, %s)", realm["id"], realm["algo"])
+            log.info("created realm default (%s, %s)", realm.id, realm.policy.algo)
 
 
 def _start_valkey(settings: Settings) -> tuple[Any, Path]:
@@ -297,32 +297,22 @@ def _valkey_down(server: Any) -> bool:
 
 def _answers(url: str) -> bool:
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+        with redis_client(url, timeout=1) as client:
+            return bool(client.ping())
     except (redis.RedisError, OSError, ValueError):
         return False
 
 
 def _kill_tree(process: subprocess.Popen[bytes]) -> None:
     """SIGKILL a child and its descendants (Celery's pool), which would otherwise be orphaned."""
-    descendants = _descendants(process.pid)
-    for pid in [process.pid, *descendants]:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _descendants(pid: int) -> list[int]:
-    """Live descendants of `pid`, read from /proc (Linux); none where there is no /proc."""
-    parent_of: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-            parent_of[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-    found: list[int] = []
-    frontier = {pid}
-    while frontier:
-        frontier = {child for child, parent in parent_of.items() if parent in frontier}
-        found.extend(frontier)
-    return found
+    try:
+        child = psutil.Process(process.pid)
+        family = [child, *child.children(recursive=True)]
+    except psutil.Error:  # already gone
+        return
+    for member in family:
+        with contextlib.suppress(psutil.Error):
+            member.kill()
 
 
 def _exit_status(code: int) -> str:
@@ -330,12 +320,3 @@ def _exit_status(code: int) -> str:
         with contextlib.suppress(ValueError):
             return f"was killed by {signal.Signals(-code).name}"
     return f"exited with {code}"
-
-
-def _without_password(url: str) -> str:
-    """The URL to print: the password replaced by ***, everything else as configured."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))

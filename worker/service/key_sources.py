@@ -17,19 +17,18 @@ class ServiceKeys:
         self.service = service
 
     def fetch(self, realm: str) -> KeySet:
-        version = self.service.get_realm(realm)["jwks_version"]
+        version = self.service.get_realm(realm).jwks_version
         found: dict[str, VerifyingKey] = {}
         after = None
         while True:
             page = self.service.list_keys(realm=realm, after=after, direction="asc")
             for view in page.collection:
-                algo = view["algo"]
                 key: Any = (
-                    view["key"].encode()
-                    if algo == "hs256"
-                    else keys.load_verifying_key(algo, view["key"])
+                    view.key.encode()
+                    if view.algo == "hs256"
+                    else keys.load_verifying_key(view.algo, view.key)
                 )
-                found[view["id"]] = VerifyingKey(view["id"], keys.JWT_ALG[algo], key)
+                found[view.id] = VerifyingKey(view.id, keys.JWT_ALG[view.algo], key)
             if not page.more_results:
                 return KeySet(found, version)
-            after = page.collection[-1]["id"]
+            after = page.collection[-1].id

@@ -17,13 +17,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.core import ids
+from worker.core import ids, keys
 from worker.core.clock import Clock, rfc3339, utcnow
 from worker.core.errors import InvalidInput, NotFound
 from worker.store.db import transaction
 from worker.store.models import AdminKey
 
-RSA_BITS = 2048
 MAX_KID_CHARS = 32
 
 
@@ -64,13 +63,9 @@ class AdminKeys:
         `public_pem`, the registration of a key pair made elsewhere (no private PEM)."""
         private_pem: str | None = None
         if public_pem is None:
-            private_key = rsa.generate_private_key(65537, RSA_BITS)
-            private_pem = private_key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ).decode("ascii")
-            public_pem = _pem(private_key.public_key())
+            material = keys.generate("rs256", keys.MIN_RSA_BITS)
+            private_pem, public_pem = material.secret.decode("ascii"), material.public_pem
+            assert public_pem is not None
         else:
             public_pem = _checked_public_pem(public_pem)
         row = AdminKey(id=ids.admin_key_id(), public_pem=public_pem, created_at=self.clock())
@@ -116,8 +111,8 @@ def _pem(public_key: rsa.RSAPublicKey) -> str:
 
 
 def _checked_public_pem(text: str) -> str:
-    """Only RSA public keys of at least 2048 bits: admin tokens are RS256 and nothing else."""
-    if len(text) > 16 * 1024:
+    """Only RSA public keys of at least `MIN_RSA_BITS`: admin tokens are RS256 and nothing else."""
+    if len(text) > keys.MAX_IMPORT_CHARS:
         raise InvalidInput("Public key is too large")
     try:
         loaded = serialization.load_pem_public_key(text.strip().encode("utf-8"))
@@ -125,6 +120,8 @@ def _checked_public_pem(text: str) -> str:
         raise InvalidInput("Public key is not a valid PEM public key") from None
     if not isinstance(loaded, rsa.RSAPublicKey):
         raise InvalidInput("Public key must be an RSA key (admin tokens are RS256)")
-    if loaded.key_size < 2048:
-        raise InvalidInput("Public key is too short: RSA keys need at least 2048 bits")
+    if loaded.key_size < keys.MIN_RSA_BITS:
+        raise InvalidInput(
+            f"Public key is too short: RSA keys need at least {keys.MIN_RSA_BITS} bits"
+        )
     return _pem(loaded)

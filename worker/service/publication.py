@@ -1,0 +1,68 @@
+"""What leaves the database for verifiers and signers: the public key set and the signing key."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from worker.core import keys, lifecycle
+from worker.core.errors import NotFound
+from worker.core.keys import ActiveKey
+from worker.core.lifecycle import State
+from worker.service.base import ServiceBase, core_key
+from worker.service.policy import policy_of
+from worker.service.views import Publication
+from worker.store.db import transaction
+from worker.store.models import JwtKey
+
+
+class Publishing(ServiceBase):
+    """Read-only: each answer comes from one consistent read of the realm and its keys."""
+
+    def publication(self, realm_ref: str) -> Publication:
+        """The realm's public key set (pending, active, in-grace; never HMAC), read consistently."""
+        with transaction(self.sessions, read_only=True) as session:
+            realm = self._realm(session, realm_ref)
+            rows = list(
+                session.scalars(
+                    select(JwtKey)
+                    .where(JwtKey.realm_id == realm.id)
+                    .order_by(JwtKey.created_at, JwtKey.id)
+                )
+            )
+            return Publication(
+                realm_id=realm.id,
+                realm_name=realm.name,
+                jwks={
+                    "keys": [
+                        keys.public_jwk(r.algo, r.id, r.public_pem) for r in rows if r.public_pem
+                    ]
+                },
+                jwks_version=realm.jwks_version,
+                next_change_at=lifecycle.next_jwks_change_at(
+                    policy_of(realm), [core_key(r) for r in rows]
+                ),
+            )
+
+    def jwks(self, realm_ref: str) -> dict[str, Any]:
+        return self.publication(realm_ref).jwks
+
+    def signing_key(self, realm_ref: str) -> ActiveKey:
+        """The realm's active key with its secret opened, and the longest token it may sign."""
+        with transaction(self.sessions, read_only=True) as session:
+            realm = self._realm(session, realm_ref)
+            row = session.scalars(
+                select(JwtKey).where(JwtKey.realm_id == realm.id, JwtKey.state == State.ACTIVE)
+            ).one_or_none()
+            if row is None:
+                raise NotFound(f"Realm {realm.name!r} has no active key")
+            return ActiveKey(
+                realm_id=realm.id,
+                realm_name=realm.name,
+                kid=row.id,
+                algo=row.algo,
+                secret=self.master_keys.open(row.sealed_secret, realm_id=realm.id, key_id=row.id),
+                max_token_ttl=timedelta(seconds=realm.max_token_ttl_s),
+            )

@@ -1,0 +1,63 @@
+"""AuthRocket's JSON for realms, keys and pages: the one producer of that shape.
+
+The HTTP admin API answers with it and the CLI prints it for `--json`; `worker.http.models`
+describes the same shape for OpenAPI. Timestamps are RFC 3339 in UTC, durations whole seconds.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from worker.core.clock import rfc3339
+from worker.service.views import KeyView, Page, RealmView
+
+
+def realm_json(view: RealmView) -> dict[str, Any]:
+    policy = view.policy
+    return {
+        "id": view.id,
+        "name": view.name,
+        "algo": policy.algo,
+        "rsa_bits": policy.rsa_bits,
+        "rotation_period": _seconds(policy.rotation_period),
+        "prepublish": _seconds(policy.prepublish),
+        "grace": _seconds(policy.grace),
+        "max_token_ttl": _seconds(policy.max_token_ttl),
+        "jwks_version": view.jwks_version,
+        "next_rotation_at": rfc3339(view.next_rotation_at),
+        "created_at": rfc3339(view.created_at),
+        "updated_at": rfc3339(view.updated_at),
+    }
+
+
+def key_json(view: KeyView) -> dict[str, Any]:
+    return {
+        "id": view.id,
+        "object": "jwt_key",
+        "realm_id": view.realm_id,
+        "algo": view.algo,
+        "use": view.use,
+        "state": view.state.value,
+        "expired": view.expired,
+        "key": view.key,
+        "created_at": rfc3339(view.created_at),
+        "activated_at": rfc3339(view.activated_at),
+        "expired_at": rfc3339(view.expired_at),
+        "delete_after": rfc3339(view.delete_after),
+    }
+
+
+def view_json(view: RealmView | KeyView) -> dict[str, Any]:
+    return realm_json(view) if isinstance(view, RealmView) else key_json(view)
+
+
+def page_json(page: Page[RealmView] | Page[KeyView]) -> dict[str, Any]:
+    return {
+        "more_results": page.more_results,
+        "collection": [view_json(v) for v in page.collection],
+    }
+
+
+def _seconds(span: timedelta) -> int:
+    return int(span.total_seconds())
