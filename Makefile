@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint unit bench chaos fuzz clean lock
+.PHONY: run test lint unit bench bench-scale chaos fuzz clean lock
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -30,6 +30,12 @@ unit: $(STAMP)
 # default postgresql://postgres@127.0.0.1:5432/test); starts its own Valkey. Never in `make test`.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+# Start-up reconcile, `doctor --check jwks`, /metrics and the outbox at 10,000 and 1,000,000
+# realms (bench/README.md, scale): ~20 minutes and ~12 GiB free for JWKS files under the
+# temporary folder. Needs what `make bench` needs; in neither `make test` nor `make bench`.
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.run scale --output bench/results/scale.json
 
 # Five minutes of faults (tests/support/chaos.py) and the figures, on PostgreSQL:
 # KEYROTOR_TEST_POSTGRES_URL, else the local one CI uses. `make test` runs one minute of it.

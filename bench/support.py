@@ -268,11 +268,22 @@ def spawn(
     return Process(name, popen, log_path)
 
 
+# `celery` with its task-trace logger at DEBUG: keyrotor's RoutineFilter (worker/ops/logs.py)
+# keeps a re-levelled line when its own logger still wants DEBUG.
+TRACE_AT_DEBUG = (
+    "import logging; logging.getLogger('celery.app.trace').setLevel(logging.DEBUG); "
+    "from celery.__main__ import main; main()"
+)
+
+
 def celery_worker(
     name: str, env: dict[str, str], folder: Path, *, concurrency: int = 1, queues: str = "celery"
 ) -> Process:
-    """A real Celery worker (prefork) on the bench database and Redis, ready to take tasks."""
-    argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel", "INFO"]
+    """A real Celery worker (prefork) on the bench database and Redis, ready to take tasks.
+
+    Its Celery "Task ... succeeded in" lines, which keyrotor logs at DEBUG, are shown: the
+    benchmarks read task runtimes from them (the rest of the log stays at INFO)."""
+    argv = [sys.executable, "-c", TRACE_AT_DEBUG, "-A", "worker", "worker", "--loglevel", "INFO"]
     argv += ["-n", f"{name}@%h", "--without-mingle", "--without-gossip", "--without-heartbeat"]
     argv += ["--concurrency", str(concurrency), "-Q", queues]
     process = spawn(name, argv, env, folder)

@@ -389,17 +389,25 @@ def web_labels(deployments: dict[str, dict[str, Any]]) -> dict[str, str]:
 # -- alert rules ---------------------------------------------------------------------------------
 
 ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
+ALERT_TESTS = DEPLOY / "prometheus" / "alerts.test.yaml"
+PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
 DURATION = re.compile(r"\d+[smhdwy]")
 
 
+def alert_rules() -> list[dict[str, Any]]:
+    return [rule for group in load(ALERTS)["groups"] for rule in group["rules"]]
+
+
 def test_the_alert_rules_cover_what_an_operator_must_hear_about() -> None:
-    rules = [rule for group in load(ALERTS)["groups"] for rule in group["rules"]]
+    rules = alert_rules()
     assert {rule["alert"] for rule in rules} >= {
         "KeyrotorKeyOverdue",
         "KeyrotorRotationFailures",
         "KeyrotorOutboxBacklogGrowing",
         "KeyrotorJwksPublishLag",
         "KeyrotorBeatSilent",
+        "KeyrotorDependencyDown",
+        "KeyrotorMetricsAbsent",
     }
     for rule in rules:
         assert set(rule) == {"alert", "expr", "for", "labels", "annotations"}, rule["alert"]
@@ -407,6 +415,29 @@ def test_the_alert_rules_cover_what_an_operator_must_hear_about() -> None:
         assert rule["labels"]["severity"] in ("warning", "critical")
         assert {"summary", "description"} <= set(rule["annotations"])
         assert rule["expr"].count("(") == rule["expr"].count(")"), rule["alert"]
+        # no series is per realm: no rule groups by one, no annotation names one
+        assert not re.search(r"\brealm(_id)?\b", rule["expr"]), rule["alert"]
+        assert "$labels.realm" not in json.dumps(rule["annotations"]), rule["alert"]
+
+
+def test_every_alert_has_a_unit_test_that_fires_and_one_that_stays_silent() -> None:
+    cases = [case for test in load(ALERT_TESTS)["tests"] for case in test["alert_rule_test"]]
+    for name in (rule["alert"] for rule in alert_rules()):
+        mine = [case for case in cases if case["alertname"] == name]
+        assert any(case["exp_alerts"] for case in mine), f"{name}: no test where it fires"
+        assert any(not case["exp_alerts"] for case in mine), f"{name}: no test where it is silent"
+
+
+def test_prometheus_scrapes_the_web_processes_metrics_and_loads_the_rules() -> None:
+    config = load(PROMETHEUS)
+    assert config["rule_files"] == [ALERTS.name]
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert (job["scrape_interval"], job["scrape_timeout"]) == ("15s", "10s")
+    port = str(Settings.model_fields["http_port"].default)
+    assert all(
+        target.endswith(f":{port}") for s in job["static_configs"] for target in s["targets"]
+    )
 
 
 def test_every_metric_an_alert_uses_is_one_keyrotor_exports(stack: Stack) -> None:
@@ -419,9 +450,8 @@ def test_every_metric_an_alert_uses_is_one_keyrotor_exports(stack: Stack) -> Non
         for sample in family.samples
     }
     used = set()
-    for group in load(ALERTS)["groups"]:
-        for rule in group["rules"]:
-            used |= set(re.findall(r"\bkeyrotor_[a-z_]+\b", rule["expr"]))
+    for rule in alert_rules():  # the expression and the queries in its annotations
+        used |= set(re.findall(r"\bkeyrotor_[a-z_]+\b", json.dumps(rule)))
     assert used and used <= exported, f"not exported: {sorted(used - exported)}"
 
 
@@ -430,7 +460,11 @@ def test_promtool_checks_and_unit_tests_the_rules() -> None:
     if promtool is None:
         assert not os.environ.get("CI"), "promtool is missing: .ci/run installs Debian's prometheus"
         pytest.skip("promtool is not installed: the rules were checked by their YAML shape")
-    for args in (["check", "rules", str(ALERTS)], ["test", "rules", "alerts.test.yaml"]):
+    for args in (
+        ["check", "rules", ALERTS.name],
+        ["test", "rules", ALERT_TESTS.name],
+        ["check", "config", PROMETHEUS.name],
+    ):
         result = subprocess.run(
             [promtool, *args], cwd=ALERTS.parent, capture_output=True, text=True
         )

@@ -55,6 +55,7 @@ def test_defaults_are_valid_and_match_the_documented_ones() -> None:
     assert settings.clock_skew == timedelta(seconds=60)
     assert settings.tick == timedelta(seconds=10)
     assert settings.events_stream_maxlen == 100_000
+    assert settings.events_retention == timedelta(days=7)
     assert settings.log_level == "INFO"
     assert settings.algo == "rs256"
     assert settings.rotation_period == timedelta(days=30)
@@ -82,6 +83,7 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
         "CLOCK_SKEW": "30",
         "TICK": "1s",
         "EVENTS_STREAM_MAXLEN": "5000",
+        "EVENTS_RETENTION": "36h",
         "LOG_LEVEL": "debug",
         "ALGO": "ES256",
         "ROTATION_PERIOD": "7d",
@@ -109,6 +111,7 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings.clock_skew == timedelta(seconds=30)
     assert settings.tick == timedelta(seconds=1)
     assert settings.events_stream_maxlen == 5000
+    assert settings.events_retention == timedelta(hours=36)
     assert settings.log_level == "DEBUG"
     assert settings.algo == "es256"
     assert settings.rotation_period == timedelta(days=7)
@@ -161,6 +164,8 @@ def test_a_bad_value_in_dotenv_is_refused_by_name(tmp_path: Path) -> None:
         ("MAX_TOKEN_TTL", "0s", "KEYROTOR_MAX_TOKEN_TTL: must be at least 1s"),
         ("ADMIN_TOKEN_MAX_TTL", "0s", "KEYROTOR_ADMIN_TOKEN_MAX_TTL: must be at least 1s"),
         ("EVENTS_STREAM_MAXLEN", "999", "KEYROTOR_EVENTS_STREAM_MAXLEN: must be at least 1000"),
+        ("EVENTS_RETENTION", "59s", "KEYROTOR_EVENTS_RETENTION: must be at least 1m"),
+        ("EVENTS_RETENTION", "soon", "KEYROTOR_EVENTS_RETENTION: invalid duration 'soon'"),
         ("ENV", "staging", "KEYROTOR_ENV: must be one of development, production (got 'staging')"),
         ("LOG_LEVEL", "TRACE", "KEYROTOR_LOG_LEVEL: must be one of DEBUG, INFO, WARNING, ERROR"),
         ("ALGO", "rs512", "KEYROTOR_ALGO: must be one of hs256, rs256, ps256, es256, eddsa"),
@@ -215,6 +220,11 @@ def test_all_policy_problems_are_named_at_once() -> None:
     assert message.count("; ") == 1
     assert "KEYROTOR_GRACE (1m)" in message
     assert "KEYROTOR_PREPUBLISH (1m)" in message
+
+
+def test_the_events_retention_may_be_as_short_as_a_minute() -> None:
+    assert load_settings(events_retention="1m").events_retention == timedelta(minutes=1)
+    assert load_settings(events_retention=90).events_retention == timedelta(seconds=90)
 
 
 def test_production_without_master_keys_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

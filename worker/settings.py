@@ -131,6 +131,8 @@ class Settings(BaseSettings):
     clock_skew: Duration = timedelta(seconds=60)
     tick: Annotated[Duration, _at_least(timedelta(seconds=1))] = timedelta(seconds=10)
     events_stream_maxlen: Annotated[int, _between(1000)] = 100_000
+    # How long a relayed event stays in the outbox table before `keyrotor.prune_events` drops it.
+    events_retention: Annotated[Duration, _at_least(timedelta(minutes=1))] = timedelta(days=7)
     log_level: Annotated[LogLevel, _choice(LOG_LEVELS, str.upper)] = "INFO"
     # auto: JSON lines when ENV=production and stderr is not a terminal, readable lines otherwise.
     log_format: Annotated[LogFormat, _choice(LOG_FORMATS, str.lower)] = "auto"

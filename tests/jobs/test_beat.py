@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.stack import Stack, wait_for
+from worker.jobs.app import make_app
 from worker.jobs.beat import HeartbeatScheduler
 from worker.ops.metrics import exposition
 from worker.publish.heartbeat import HEARTBEAT_KEY, Heartbeat, last_heartbeat, record_heartbeat
+from worker.settings import load_settings
 
 
 def samples(stack: Stack) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -42,15 +44,23 @@ def test_the_scheduler_records_a_heartbeat_as_it_ticks_and_sleeps_at_most_5s(
     assert stack.app.conf.beat_scheduler == "worker.jobs.beat:HeartbeatScheduler"
 
 
-def test_metrics_expose_the_heartbeat_and_each_rotation_period_for_the_alert_rules(
-    stack: Stack,
-) -> None:
-    realm = stack.service.create_realm("acme")
+def test_metrics_expose_the_heartbeat_for_the_alert_rules(stack: Stack) -> None:
+    stack.service.create_realm("acme")
     found = samples(stack)
     assert found[("keyrotor_beat_last_seen_timestamp_seconds", ())] == 0  # never seen
-    labels = (("realm", "acme"), ("realm_id", realm.id))
-    assert found[("keyrotor_rotation_period_seconds", labels)] == 6  # FAST policy
     at = datetime.now(UTC)
     record_heartbeat(stack.redis, Heartbeat(at, "h", 1))
     seen = samples(stack)[("keyrotor_beat_last_seen_timestamp_seconds", ())]
     assert abs(seen - at.timestamp()) < 0.01
+
+
+def test_beat_prunes_the_outbox_every_ten_minutes_whatever_the_tick() -> None:
+    app = make_app(load_settings(tick="1s"), "redis://127.0.0.1:1/0")  # no broker needed
+    try:
+        assert app.conf.beat_schedule["prune-events"] == {
+            "task": "keyrotor.prune_events",
+            "schedule": timedelta(minutes=10),
+            "options": {"expires": 600.0},
+        }
+    finally:
+        app.close()

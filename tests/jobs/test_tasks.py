@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
@@ -16,6 +16,8 @@ from sqlalchemy import select
 from tests.support.stack import ROOT, Stack, make_stack, wait_for
 from worker.core.clock import utcnow
 from worker.core.lifecycle import State
+from worker.publish.jwks import redis_key
+from worker.store import outbox
 from worker.store.db import transaction
 from worker.store.models import Event
 
@@ -84,8 +86,8 @@ def make_due_soon(stack: Stack, name: str) -> str:
 
 
 def test_two_workers_and_duplicated_deliveries_make_exactly_one_change(stack: Stack) -> None:
-    stack.worker("w1")
-    stack.worker("w2")
+    stack.worker("w1", KEYROTOR_LOG_LEVEL="DEBUG")  # Celery's "succeeded" lines are DEBUG
+    stack.worker("w2", KEYROTOR_LOG_LEVEL="DEBUG")
     realm_id = make_due_soon(stack, "acme")
     for _ in range(8):
         stack.send("keyrotor.rotate_realm", realm_id)
@@ -242,3 +244,69 @@ def test_rotate_due_keeps_no_result_handle_per_message_it_sends() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert found.stdout.strip() == "False"
+
+
+def sent_and_unsent_events(stack: Stack, now: datetime) -> tuple[list[str], list[str]]:
+    """Six events: three sent 10 minutes ago, one sent just now, two never sent (one written
+    10 minutes ago); returns the ids of the old sent ones and of the rest."""
+    for n in range(6):
+        stack.service.create_realm(f"realm-{n}")
+    events = outbox.unpublished(stack.service.sessions, 10)
+    assert len(events) == 6
+    old, recent, unsent = events[:3], events[3:4], events[4:]
+    outbox.mark_published(stack.service.sessions, [e.seq for e in old], now - timedelta(minutes=10))
+    outbox.mark_published(stack.service.sessions, [e.seq for e in recent], now)
+    with transaction(stack.service.sessions) as session:
+        stale = session.get(Event, unsent[0].seq)
+        assert stale is not None
+        stale.event_at = now - timedelta(minutes=10)
+    return [e.id for e in old], [e.id for e in recent + unsent]
+
+
+def event_ids(stack: Stack) -> list[str]:
+    with transaction(stack.service.sessions, read_only=True) as session:
+        return list(session.scalars(select(Event.id).order_by(Event.seq)))
+
+
+def test_prune_events_drops_events_sent_before_the_retention_and_keeps_the_rest(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    stack = make_stack(tmp_path, database_url, redis_url, events_retention="1m")
+    try:
+        old, kept = sent_and_unsent_events(stack, utcnow())
+        stack.worker("w1", "--concurrency", "1")  # one task at a time, in the order sent
+        stack.send("keyrotor.prune_events")
+        wait_for(lambda: event_ids(stack) == kept, 15, "the prune")
+        assert "pruned 3 event(s) relayed before" in stack.log("w1")
+        # Again: nothing left to do, so nothing logged. A JWKS publication sent after it shows
+        # when it has run.
+        realm_id = stack.service.get_realm("realm-0").id
+        stack.redis.delete(redis_key(realm_id))
+        stack.send("keyrotor.prune_events")
+        stack.send("keyrotor.publish_jwks", realm_id)
+        wait_for(lambda: published_kids(stack, realm_id), 15, "the task sent after the prune")
+        assert event_ids(stack) == kept
+        assert not set(old) & set(event_ids(stack))
+        assert stack.log("w1").count("pruned ") == 1
+    finally:
+        stack.close()
+
+
+def test_one_prune_run_deletes_a_bounded_number_of_batches(stack: Stack) -> None:
+    """The task's own code (in a process of its own: importing the Celery app reads settings)
+    with batches of one event and three batches a run: four events past the default 7-day
+    retention take two runs, and the unsent ones stay."""
+    sent_and_unsent_events(stack, utcnow() - timedelta(days=8))
+    code = """
+from worker.jobs import tasks
+
+tasks.PRUNE_BATCH, tasks.PRUNE_BATCHES = 1, 3
+print([tasks.prune_events.run() for _ in range(3)])
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=stack.env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[3, 1, 0]"
+    assert outbox.count_unpublished(stack.service.sessions) == 2
+    assert len(event_ids(stack)) == 2

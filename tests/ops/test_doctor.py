@@ -41,8 +41,12 @@ def problems(results: list[Check]) -> dict[str, str]:
 
 def healthy(stack: Stack) -> RealmView:
     """A realm created, published and relayed, and a beat that ticked just now: as a running
-    deployment would have it."""
-    realm = stack.service.create_realm("acme")
+    deployment would have it. Hours, not seconds, of policy: nothing falls due (no key change
+    becomes overdue) while a test runs."""
+    hour = timedelta(hours=1)
+    realm = stack.service.create_realm(
+        "acme", rotation_period=24 * hour, prepublish=hour, grace=hour
+    )
     publish_realm(stack.service, stack.publisher, realm.id)
     Relay(stack.service, stack.redis, publisher=stack.publisher).relay_all()
     record_heartbeat(stack.redis, Heartbeat(datetime.now(UTC), "beat-host", 4242))
@@ -87,10 +91,10 @@ def test_an_unmigrated_database(stack: Stack, tmp_path: Path) -> None:
     sqlite3.connect(empty).close()
     found = problems(examine(changed(stack.settings, database_url=f"sqlite:///{empty}")))
     assert found["database"].endswith(
-        ": schema at nothing, this code needs 0001 (run `keyrotor migrate`)"
+        ": schema at nothing, this code needs 0002 (run `keyrotor migrate`)"
     )
     assert found["policies"].startswith("not checked, database not usable:")
-    assert set(found) == {"database", "sealed_keys", "policies", "outbox", "jwks"}
+    assert set(found) == {"database", "sealed_keys", "policies", "overdue", "outbox", "jwks"}
 
     missing = tmp_path / "nowhere" / "keyrotor.db"
     found = problems(examine(changed(stack.settings, database_url=f"sqlite:///{missing}")))
@@ -135,6 +139,26 @@ def test_no_beat_heartbeat_or_a_stale_one(stack: Stack) -> None:
         "beat": "beat last seen 5m1s ago (old-host, pid 7), over 2m: nothing rotates while it"
         " is down"
     }
+
+
+def test_realms_overdue_are_named_earliest_first(stack: Stack) -> None:
+    healthy(stack)
+    late = [stack.service.create_realm(f"late-{n}") for n in range(6)]  # due in 4 s (FAST)
+    Relay(stack.service, stack.redis, publisher=stack.publisher).relay_all()
+    now = datetime.now(UTC)
+    assert by_name(examine(stack.settings, only=["overdue"], now=now))["overdue"] == Check(
+        "overdue", True, "no realm is over 3s late for a key change"
+    )
+    found = problems(examine(stack.settings, now=late[-1].next_rotation_at + timedelta(minutes=1)))
+    assert list(found) == ["overdue"]
+    assert found["overdue"].startswith(
+        f"6 realms over 3s late for a scheduled key change: late-0 ({late[0].id}) 1m"
+    )
+    assert f"late-4 ({late[4].id}) 1m" in found["overdue"]
+    assert found["overdue"].endswith(
+        " late and 1 more (are beat and the workers running? `keyrotor rotate <realm>` rotates"
+        " one by hand)"
+    )
 
 
 def test_an_event_left_unsent_in_the_outbox(stack: Stack) -> None:

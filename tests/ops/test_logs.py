@@ -3,6 +3,7 @@ and never key material, whatever the level."""
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import logging
@@ -10,13 +11,28 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from celery import Celery
+from celery.app import trace
+from celery.app.trace import build_tracer
+from celery.beat import ScheduleEntry, Scheduler
 
 from tests.support.stack import Stack
 from worker.core.keys import generate
-from worker.ops.logs import JsonFormatter, TextFormatter, configure_logging, redact, wants_json
+from worker.ops.logs import (
+    BEAT_SENDING,
+    CELERY_RECEIVED,
+    CELERY_RETRY,
+    CELERY_SUCCEEDED,
+    JsonFormatter,
+    TextFormatter,
+    configure_logging,
+    redact,
+    wants_json,
+)
 from worker.settings import load_settings
 
 
@@ -107,6 +123,79 @@ def test_configure_logging_replaces_the_handlers_at_the_configured_level(
     assert [(e["logger"], e["message"], e["event_id"]) for e in entries] == [
         ("celery.worker", "shown", "evt_1")
     ]
+
+
+def test_the_routine_lines_are_celerys_own_word_for_word() -> None:
+    """The filter matches Celery's templates exactly; a Celery that rewords one fails here."""
+    assert (CELERY_RECEIVED, CELERY_SUCCEEDED, CELERY_RETRY) == (
+        trace.LOG_RECEIVED,
+        trace.LOG_SUCCESS,
+        trace.LOG_RETRY,
+    )
+    assert repr(BEAT_SENDING) in inspect.getsource(Scheduler.apply_entry)
+
+
+ROUTINE = Celery("routine", broker="memory://")
+
+
+@ROUTINE.task(name="sweep")  # type: ignore[untyped-decorator]
+def sweep() -> int:
+    return 0
+
+
+@ROUTINE.task(name="broken")  # type: ignore[untyped-decorator]
+def broken() -> None:
+    raise RuntimeError("database on fire")
+
+
+@ROUTINE.task(name="flaky", autoretry_for=(ConnectionError,))  # type: ignore[untyped-decorator]
+def flaky() -> None:
+    raise ConnectionError("redis went away")
+
+
+def run_celery_tasks() -> None:
+    """A success, a failure and a retried failure through Celery's tracer, as a worker runs
+    them, and one beat send: the lines an idle or a failing service logs."""
+    for task in (sweep, broken, flaky):
+        tracer = build_tracer(task.name, task, app=ROUTINE, eager=False, propagate=False)
+        tracer(f"id-{task.name}", (), {}, {"id": f"id-{task.name}"})
+    every = timedelta(seconds=2)
+    entry = ScheduleEntry(name="relay-events", task="sweep", schedule=every, app=ROUTINE)
+    Scheduler(ROUTINE, lazy=True).apply_entry(entry)
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_routine_task_lines_are_debug_and_failures_stay_loud(
+    restore_logging: None, level: str
+) -> None:
+    stream = io.StringIO()
+    configure_logging(load_settings(log_format="json", log_level=level), stream=stream)
+
+    run_celery_tasks()
+
+    entries = [json.loads(line) for line in stream.getvalue().splitlines()]
+    levels = {e["message"].split(":")[0]: e["level"] for e in entries if "logger" in e}
+    assert levels["Task broken[id-broken] raised unexpected"] == "ERROR"
+    assert "database on fire" in next(e["exc"] for e in entries if e["level"] == "ERROR")
+    assert levels["Task flaky[id-flaky] retry"] == "WARNING"  # Celery says INFO
+    routine = {"Task sweep[id-sweep] succeeded in", "Scheduler"}
+    shown = {m for m in levels for r in routine if m.startswith(r)}
+    if level == "info":
+        assert shown == set(), stream.getvalue()
+    else:
+        assert len(shown) == 2 and {levels[m] for m in shown} == {"DEBUG"}
+
+
+def test_a_failure_in_a_terminal_shows_its_traceback_once(restore_logging: None) -> None:
+    stream = Terminal()
+    configure_logging(load_settings(), stream=stream)
+
+    run_celery_tasks()
+
+    text = stream.getvalue()
+    assert "ERROR   celery.app.trace: Task broken[id-broken] raised unexpected" in text
+    assert text.count("RuntimeError: database on fire") == 1  # not again in Celery's `data`
+    assert "succeeded" not in text and "Sending due task" not in text
 
 
 # A whole lifecycle through the Celery tasks' own code, logging JSON at DEBUG.

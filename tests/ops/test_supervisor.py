@@ -7,8 +7,10 @@ Valkey and the database are real. Every test kills its process group in a `final
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +22,8 @@ import pytest
 import redis
 
 from tests.support.stack import wait_for
+from worker.ops.supervisor import READY_WAIT, Probe, _Banner, banner, web_answers
+from worker.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -186,3 +190,45 @@ def test_refuses_a_var_dir_another_run_is_using(running: Callable[..., Serve]) -
     assert "another `keyrotor run` is using" in read(second.log)
     assert (first.var / "redis.url").exists(), "the refused run removed the first run's file"
     assert len(lines(first.mark)) == 1, "the refused run started children"
+
+
+def test_the_banner_names_the_addresses_and_a_first_command() -> None:
+    text = banner(load_settings(http_host="0.0.0.0", http_port=9000), "acme")
+
+    base = "http://127.0.0.1:9000"  # a wildcard address is reached through this machine
+    assert text.startswith("keyrotor is ready; press Ctrl-C to stop\n")
+    for shown in (f"{base}/realms/acme/.well-known/jwks.json", f"{base}/v1", f"{base}/metrics"):
+        assert shown in text
+    assert "admin-keys create --out admin.pem" in text
+    assert 'admin-token --key admin.pem --kid "$KID"' in text
+    assert text.rstrip().endswith("keyrotor realms list")
+    assert len(text.splitlines()) <= 8
+
+
+def test_the_banner_waits_until_every_probe_answers_then_shows_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    answers = {"web": False}
+    probes: list[tuple[str, Probe]] = [("web", lambda _s, _u: answers["web"])]
+    announce = _Banner(load_settings(), "redis://unused", "default", probes)
+    caplog.set_level(logging.INFO, "keyrotor.run")
+
+    announce.check()
+    assert "keyrotor is ready" not in caplog.text
+    announce.since -= READY_WAIT
+    announce.check()
+    assert "web not answering after 60s; still waiting" in caplog.text
+
+    answers["web"] = True
+    announce.check()
+    announce.check()
+    assert caplog.text.count("keyrotor is ready") == 1
+
+
+def test_web_answers_while_something_listens_on_the_port() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        settings = load_settings(http_port=listener.getsockname()[1])
+        assert web_answers(settings, "")
+    assert not web_answers(settings, "")

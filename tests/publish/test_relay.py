@@ -19,7 +19,7 @@ from tests.support.stack import make_stack, wait_for
 from worker.client.subscriber import Subscriber
 from worker.core.lifecycle import State
 from worker.publish.jwks import redis_key
-from worker.publish.relay import Relay
+from worker.publish.relay import EVENTS_RELAYED, Relay
 from worker.service import Service
 from worker.store import outbox
 
@@ -69,6 +69,12 @@ def test_two_relays_at_once_put_each_event_in_the_stream_once_in_order_per_realm
         assert [e["id"] for e in mine] == wire.outbox_ids(realm_id)
         assert [e["reason"] for e in mine] == ["realm.created", "key.created", "key.rotated"]
     assert outbox.count_unpublished(service.sessions) == 0
+    # counted by the script that appends, so as often as the stream holds each reason
+    assert wire.redis.hgetall(EVENTS_RELAYED) == {
+        b"realm.created": b"12",
+        b"key.created": b"12",
+        b"key.rotated": b"12",
+    }
 
 
 def test_a_relay_dying_between_redis_and_the_database_sends_nothing_twice(
@@ -87,6 +93,7 @@ def test_a_relay_dying_between_redis_and_the_database_sends_nothing_twice(
     assert outbox.count_unpublished(service.sessions) == 6
     assert wire.relay.relay() == 6  # claimed already: only stamped now
     assert len(wire.stream()) == 6
+    assert sum(int(n) for n in wire.redis.hvals(EVENTS_RELAYED)) == 6  # counted once each
     assert outbox.count_unpublished(service.sessions) == 0
 
 

@@ -275,9 +275,9 @@ def run(
     ] = False,
 ) -> None:
     """Run the worker, beat and HTTP server (and an embedded Valkey when no Redis is set)."""
-    from worker.ops.supervisor import DEMO_OVERRIDES, Child, serve
+    from worker.ops.supervisor import DEMO_OVERRIDES, Child, serve, web_answers
 
-    web = Child("web", [sys.executable, "-m", "worker.http"])
+    web = Child("web", [sys.executable, "-m", "worker.http"], ready=web_answers)
     raise SystemExit(serve(dict(DEMO_OVERRIDES) if demo else None, extra_children=[web]))
 
 
@@ -336,12 +336,12 @@ def doctor(
         list[str] | None,
         typer.Option(
             help="Run only this check (repeatable): database, redis, sealed_keys, policies,"
-            " beat, outbox, jwks."
+            " beat, overdue, outbox, jwks."
         ),
     ] = None,
 ) -> None:
-    """Check the database, Redis, master keys, policies, beat, outbox and published JWKS;
-    exit status 1 on any problem."""
+    """Check the database, Redis, master keys, policies, beat, overdue realms, outbox and
+    published JWKS; exit status 1 on any problem."""
     from worker.ops.doctor import CHECKS, examine
 
     unknown = sorted(set(check or ()) - set(CHECKS))

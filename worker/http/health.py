@@ -58,8 +58,8 @@ def healthz(request: Request) -> JSONResponse:
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
 )
 def metrics_text(request: Request) -> Response:
-    """Keys per state, rotations and failures, seconds since each realm's last rotation,
-    outbox backlog and JWKS publish lag, read from the database and Redis at scrape time."""
+    """Keys per state, realms overdue, events relayed, rotation failures, outbox backlog and
+    JWKS publish lag, read at scrape time; the same size and cost whatever the realms."""
     ctx = context(request)
-    body = metrics.exposition(ctx.service, ctx.redis.client(), ctx.clock())
+    body = metrics.exposition(ctx.service, ctx.redis.client(), ctx.clock(), tick=ctx.settings.tick)
     return Response(body, media_type=metrics.CONTENT_TYPE)

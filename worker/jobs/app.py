@@ -21,6 +21,8 @@ VISIBILITY_TIMEOUT = 3600
 TASK_TIME_LIMIT = 300
 RETRY_DELAY_MAX = 120
 RELAY_EVERY = 2.0
+# The outbox retention is days; sweeping it every 10 minutes keeps each run's share small.
+PRUNE_EVERY = 600.0
 
 
 def make_app(settings: Settings, broker_url: str) -> Celery:
@@ -55,6 +57,7 @@ def make_app(settings: Settings, broker_url: str) -> Celery:
             "reconcile-jwks": _every("keyrotor.reconcile_jwks", sweep),
             # Events are sent right after each commit; this only sweeps what was left behind.
             "relay-events": _every("keyrotor.relay_events", RELAY_EVERY),
+            "prune-events": _every("keyrotor.prune_events", PRUNE_EVERY),
         },
     )
     return app

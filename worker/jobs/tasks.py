@@ -22,10 +22,11 @@ from worker.core.clock import rfc3339
 from worker.core.errors import NotFound
 from worker.jobs.app import RETRY_DELAY_MAX
 from worker.ops.metrics import count_rotation_failure
-from worker.publish.jwks import Publisher
+from worker.publish.jwks import Publisher, reconcile
 from worker.publish.relay import Relay
 from worker.service import Change, Service
 from worker.settings import Settings, load_settings
+from worker.store import outbox
 
 log = logging.getLogger("keyrotor.tasks")
 
@@ -41,6 +42,10 @@ DUE_PAGE = 500
 # A queued realm is not queued again for this many ticks (unless its task ends first): a
 # message lost with a SIGKILLed worker delays the realm by a few ticks, not by a minute.
 CLAIM_TICKS = 3
+# prune_events deletes this many events per transaction, and at most this many batches a run,
+# so no run holds a lock for long or outlasts its period; a backlog goes over several runs.
+PRUNE_BATCH = 1000
+PRUNE_BATCHES = 50
 
 
 @dataclass(frozen=True)
@@ -205,19 +210,38 @@ def publish_jwks(realm_id: str) -> None:
 def reconcile_jwks() -> int:
     """Republish every realm whose Redis copy or file lags the database."""
     ctx = context()
-    lagging = 0
-    after = ""
-    while page := ctx.service.realm_versions(after=after):
-        published = ctx.publisher.published_versions(realm_id for realm_id, _ in page)
-        for realm_id, version in page:
-            if published[realm_id] < version or ctx.publisher.file_version(realm_id) < version:
-                publish_jwks(realm_id)
-                lagging += 1
-        after = page[-1][0]
+    lagging = reconcile(ctx.service, ctx.publisher)
+    if lagging:
+        log.info("republished %d lagging JWKS", lagging, extra={"jwks_republished": lagging})
     return lagging
 
 
 @app.task(name="keyrotor.relay_events", **RETRY)
 def relay_events() -> int:
     """Send the outbox events a commit left behind (Redis away, a worker killed after commit)."""
-    return context().relay.relay_all()
+    sent = context().relay.relay_all()
+    if sent:  # an empty sweep, every two seconds, is no news (Celery's own line is at DEBUG)
+        log.info("relayed %d event(s) left in the outbox", sent, extra={"events_relayed": sent})
+    return sent
+
+
+@app.task(name="keyrotor.prune_events", **RETRY)
+def prune_events() -> int:
+    """Delete the events relayed longer ago than `KEYROTOR_EVENTS_RETENTION`, so the outbox
+    stops growing; events the relay has still to send are kept whatever their age."""
+    ctx = context()
+    before = ctx.service.clock() - ctx.settings.events_retention
+    deleted = 0
+    for _ in range(PRUNE_BATCHES):
+        pruned = outbox.prune(ctx.service.sessions, before, PRUNE_BATCH)
+        deleted += pruned
+        if pruned < PRUNE_BATCH:
+            break
+    if deleted:
+        log.info(
+            "pruned %d event(s) relayed before %s",
+            deleted,
+            rfc3339(before),
+            extra={"events_pruned": deleted},
+        )
+    return deleted

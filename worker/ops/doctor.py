@@ -10,7 +10,7 @@ SQLite database is created.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
@@ -29,16 +29,18 @@ from worker.core.errors import ConfigError, InvalidInput, SealError
 from worker.core.sealing import MasterKeys, load_or_create_key_file
 from worker.ops.logs import shown_url
 from worker.publish.heartbeat import last_heartbeat
-from worker.publish.jwks import Publisher
+from worker.publish.jwks import Publisher, compared_pages
 from worker.service import Limits, check_policy, policy_of
 from worker.settings import Settings
 from worker.store import checks as queries
 from worker.store.db import make_engine, schema_revision, session_factory
+from worker.store.stats import OVERDUE_TICKS
 
 BEAT_SILENT = timedelta(minutes=2)  # beat writes every 5 s; two minutes of silence is an outage
 OUTBOX_STALE = timedelta(minutes=1)  # events go out right after commit, the sweep every 2 s
 JWKS_SETTLE = timedelta(seconds=30)  # a change this fresh may still be on its way to Redis
 PAGE = 500
+JWKS_PAGE = 10_000  # the JWKS check reads three columns a realm: large pages, fewer round trips
 SHOWN = 5  # ids named in one detail line; the count tells the rest
 TIMEOUT = 5  # seconds for connecting to the database or Redis
 NOT_CHECKED = "not checked"
@@ -50,6 +52,7 @@ CHECKS: tuple[str, ...] = (
     "sealed_keys",
     "policies",
     "beat",
+    "overdue",
     "outbox",
     "jwks",
 )
@@ -208,6 +211,29 @@ def check_beat(client: redis.Redis, now: datetime) -> Check:
     return Check("beat", True, f"beat seen {_ago(now, beat.at)} ({where})")
 
 
+def check_overdue(sessions: sessionmaker[Session], now: datetime, tick: timedelta) -> Check:
+    """Realms whose scheduled key change is over three ticks late, earliest first: the ones
+    `keyrotor_realms_overdue` counts, named."""
+    slack = OVERDUE_TICKS * tick
+    count, earliest = queries.overdue_realms(sessions, now - slack, limit=SHOWN)
+    if not count:
+        return Check(
+            "overdue", True, f"no realm is over {format_duration(slack)} late for a key change"
+        )
+    late = ", ".join(
+        f"{realm.name} ({realm.id}) {format_duration(now - realm.next_rotation_at)} late"
+        for realm in earliest
+    )
+    more = f" and {count - len(earliest)} more" if count > len(earliest) else ""
+    return Check(
+        "overdue",
+        False,
+        f"{_count(count, 'realm')} over {format_duration(slack)} late for a scheduled key"
+        f" change: {late}{more} (are beat and the workers running? `keyrotor rotate <realm>`"
+        " rotates one by hand)",
+    )
+
+
 def check_outbox(sessions: sessionmaker[Session], now: datetime) -> Check:
     """Events are relayed within seconds; any unsent for over a minute means the relay is stuck."""
     stale = queries.unsent_before(sessions, now - OUTBOX_STALE)
@@ -229,43 +255,70 @@ def check_jwks(
 
     Behind for more than JWKS_SETTLE: publication failed and reconcile has not caught up. Ahead:
     the database went back in time (a restored backup), and the newer copy will not be replaced.
+    A large keyset page at a time: one query, one Redis read, a look per file; names are read
+    only for the realms the detail shows, so 1,000,000 realms take seconds.
     """
-    total, behind, ahead = 0, [], []
-    cutoff = now - JWKS_SETTLE
-    for page in _pages(queries.realm_states, sessions):
-        in_redis = publisher.published_versions(realm.id for realm in page)
-        for realm in page:
-            total += 1
-            copies = {"redis": in_redis[realm.id]}
-            if files:
-                copies["file"] = publisher.file_version(realm.id)
-            for where, version in copies.items():
-                shown = "missing" if version < 0 else f"v{version}"
-                line = f"{realm.name} ({realm.id}) {where} {shown}, database v{realm.jwks_version}"
-                if version > realm.jwks_version:
-                    ahead.append(line)
-                elif version < realm.jwks_version and realm.updated_at <= cutoff:
-                    behind.append(line)
+    total = 0
+    ahead, behind = _Found(), _Found()
+    settled_by = now - JWKS_SETTLE
+
+    def fetch(after: str) -> list[tuple[str, int, bool]]:
+        return queries.realm_versions(sessions, settled_by, after=after, limit=JWKS_PAGE)
+
+    for page, in_redis, on_disk in compared_pages(fetch, publisher, files=files):
+        total += len(page)
+        copies = [("redis", in_redis), ("file", on_disk)] if files else [("redis", in_redis)]
+        for realm_id, version, settled in page:
+            for where, versions in copies:
+                published = versions[realm_id]
+                if published > version:
+                    ahead.add(realm_id, where, published, version)
+                elif published < version and settled:
+                    behind.add(realm_id, where, published, version)
+    names = queries.realm_names(sessions, {shown[0] for shown in ahead.shown + behind.shown})
     where = "Redis and files" if files else "Redis (no JWKS files on this host)"
-    if ahead:
+    if ahead.count:
         return Check(
             "jwks",
             False,
-            f"{_count(len(ahead), COPY, COPIES)} newer than the database: {_ids(ahead)}"
+            f"{_count(ahead.count, COPY, COPIES)} newer than the database: {ahead.lines(names)}"
             " (restored from a backup? delete the published copies so they are republished;"
             " see the database restore runbook in docs/operations.md)",
         )
-    if behind:
+    if behind.count:
         return Check(
             "jwks",
             False,
-            f"{_count(len(behind), COPY, COPIES)} behind the database for over"
-            f" {format_duration(JWKS_SETTLE)}: {_ids(behind)} (reconcile_jwks republishes them"
-            " once Redis and a worker are up)",
+            f"{_count(behind.count, COPY, COPIES)} behind the database for over"
+            f" {format_duration(JWKS_SETTLE)}: {behind.lines(names)} (reconcile_jwks republishes"
+            " them once Redis and a worker are up)",
         )
     return Check(
         "jwks", True, f"{_count(total, 'realm')}, each published at its current version ({where})"
     )
+
+
+@dataclass
+class _Found:
+    """Copies found out of step: how many, and the first SHOWN (realm id, where, published
+    version, database version), so a million of them cost a counter, not a list."""
+
+    count: int = 0
+    shown: list[tuple[str, str, int, int]] = field(default_factory=list)
+
+    def add(self, realm_id: str, where: str, published: int, version: int) -> None:
+        self.count += 1
+        if len(self.shown) < SHOWN:
+            self.shown.append((realm_id, where, published, version))
+
+    def lines(self, names: dict[str, str]) -> str:
+        lines = [
+            f"{names.get(realm_id, '?')} ({realm_id}) {where}"
+            f" {'missing' if published < 0 else f'v{published}'}, database v{version}"
+            for realm_id, where, published, version in self.shown
+        ]
+        more = self.count - len(lines)
+        return ", ".join(lines) + (f" and {more} more" if more else "")
 
 
 # -- wiring: settings -> the stores, each opened once, lazily -----------------------------------
@@ -362,6 +415,13 @@ class Examination:
             return skipped
         assert self._redis[1] is not None
         return check_beat(self._redis[1], self.now)
+
+    def overdue(self) -> Check:
+        skipped = self._needs("overdue", "database")
+        if skipped:
+            return skipped
+        assert self._database[1] is not None
+        return check_overdue(self._database[1], self.now, self.settings.tick)
 
     def outbox(self) -> Check:
         skipped = self._needs("outbox", "database")

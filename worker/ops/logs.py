@@ -30,6 +30,22 @@ _PRIVATE_PEM = re.compile(
 _HMAC_SECRET = re.compile(r"jsk_[0-9A-Za-z]{43}")
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
+# Celery's routine lines, word for word (tests/ops/test_logs.py compares them with Celery's
+# own, so an upgrade that rewords one fails there): beat sends a sweep every two seconds and
+# the worker receives and finishes it, three INFO lines that bury the few that matter. What
+# changed a realm is logged by keyrotor.tasks itself, so these go to DEBUG.
+CELERY_RECEIVED = "Task %(name)s[%(id)s] received"
+CELERY_SUCCEEDED = "Task %(name)s[%(id)s] succeeded in %(runtime)ss: %(return_value)s"
+BEAT_SENDING = "Scheduler: Sending due task %s (%s)"
+# A failed attempt that Celery will retry is logged at INFO; it is a failure, so WARNING.
+CELERY_RETRY = "Task %(name)s[%(id)s] retry: %(exc)s"
+_NEW_LEVEL = {
+    ("celery.worker.strategy", CELERY_RECEIVED): logging.DEBUG,
+    ("celery.app.trace", CELERY_SUCCEEDED): logging.DEBUG,
+    ("celery.beat", BEAT_SENDING): logging.DEBUG,
+    ("celery.app.trace", CELERY_RETRY): logging.WARNING,
+}
+
 
 def redact(text: str) -> str:
     """Blank private keys and HMAC secrets that reached a log line by mistake."""
@@ -108,9 +124,26 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extra = fields(record)
+        if record.name.startswith("celery."):
+            extra.pop("data", None)  # Celery's copy of the message's own arguments (traceback too)
         if extra:
             line += "  " + " ".join(f"{name}={_scrub(value)}" for name, value in extra.items())
         return redact(line)
+
+
+class RoutineFilter(logging.Filter):
+    """Re-level Celery's routine lines (per-task receipts and successes, beat's sends) to
+    DEBUG and its retries to WARNING, then keep a record only if its logger still wants it at
+    the new level: an idle service is quiet at INFO, and every failure still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(record.msg, str):
+            return True
+        level = _NEW_LEVEL.get((record.name, record.msg))
+        if level is None or level == record.levelno:
+            return True
+        record.levelno, record.levelname = level, logging.getLevelName(level)
+        return logging.getLogger(record.name).isEnabledFor(level)
 
 
 def wants_json(settings: Settings, stream: IO[str]) -> bool:
@@ -123,10 +156,12 @@ def wants_json(settings: Settings, stream: IO[str]) -> bool:
 
 def configure_logging(settings: Settings, *, stream: IO[str] | None = None) -> logging.Handler:
     """Send every logger's records to one handler on `stream` (stderr), replacing the root
-    logger's handlers, at `KEYROTOR_LOG_LEVEL`. Returns the handler (tests read it)."""
+    logger's handlers, at `KEYROTOR_LOG_LEVEL`, with Celery's routine lines at DEBUG
+    (`RoutineFilter`). Returns the handler (tests read it)."""
     stream = stream if stream is not None else sys.stderr
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if wants_json(settings, stream) else TextFormatter())
+    handler.addFilter(RoutineFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

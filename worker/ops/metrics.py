@@ -1,15 +1,21 @@
-"""Prometheus metrics, read at scrape time from the database and Redis.
+"""Prometheus metrics, read at scrape time from the database and Redis, in constant size and time.
+
+No family carries a per-realm label: a scrape is the same few dozen lines at ten realms or a
+million, made by one database transaction of a handful of statements (each an index range or
+the planner's statistics, see `worker.store.stats`) and one Redis round trip. What one realm is
+doing is asked of that realm: `keyrotor realms get`, `keyrotor doctor --check overdue`.
 
 Rotations happen in Celery workers, not in the web process that is scraped, so nothing is
-counted in memory here: rotations are the `key.rotated` events in the outbox, failures a
-Redis counter that the rotation task increments. Any web process answers the same.
+counted in memory here: the relay counts each event, by reason, as it appends it to the stream
+(`worker.publish.relay`), and the rotation task counts its failures. Any web process answers
+the same.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
@@ -18,16 +24,18 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
+from worker.client.events import REASONS
 from worker.core.lifecycle import State
-from worker.publish.heartbeat import last_heartbeat
-from worker.publish.jwks import redis_key
+from worker.publish.heartbeat import HEARTBEAT_KEY, parse_heartbeat
+from worker.publish.relay import EVENTS_RELAYED
 from worker.service import Service
-from worker.store import outbox, stats
+from worker.store import stats
 
 log = logging.getLogger("keyrotor.metrics")
 
 ROTATION_FAILURES = "keyrotor:metrics:rotation_failures"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+DEFAULT_TICK = timedelta(seconds=10)  # KEYROTOR_TICK's default; the web route passes the setting
 
 
 def count_rotation_failure(client: redis.Redis) -> None:
@@ -38,114 +46,137 @@ def count_rotation_failure(client: redis.Redis) -> None:
         log.debug("rotation failure not counted: Redis is unavailable")
 
 
-class KeyrotorCollector(Collector):
-    """One scrape: a handful of grouped queries and one Redis pipeline."""
+def _seconds(now: datetime, then: datetime | None) -> float:
+    return 0.0 if then is None else max(0.0, (now - then).total_seconds())
 
-    def __init__(self, service: Service, client: redis.Redis | None, now: datetime) -> None:
+
+class KeyrotorCollector(Collector):
+    """One scrape: one read-only transaction and one Redis pipeline, whatever the realms."""
+
+    def __init__(
+        self,
+        service: Service,
+        client: redis.Redis | None,
+        now: datetime,
+        tick: timedelta = DEFAULT_TICK,
+    ) -> None:
         self.service = service
         self.redis = client
         self.now = now
+        self.tick = tick
 
     def collect(self) -> Iterable[Metric]:
         up = GaugeMetricFamily(
             "keyrotor_up", "1 when the component answered this scrape.", labels=["component"]
         )
-        realms: list[stats.RealmStat] | None = None
         try:
-            yield from self._database()
-            realms = stats.realms(self.service.sessions)
-            yield from self._rotation_ages(realms)
+            found = self._database()
             up.add_metric(["database"], 1)
         except SQLAlchemyError as error:
             log.warning("metrics: database unavailable (%s)", error.__class__.__name__)
+            found = []
             up.add_metric(["database"], 0)
         try:
             if self.redis is None:
                 raise redis.ConnectionError("no Redis configured")
-            yield from self._redis(realms)
+            found += self._redis()
             up.add_metric(["redis"], 1)
         except redis.RedisError as error:
             log.warning("metrics: Redis unavailable (%s)", error.__class__.__name__)
             up.add_metric(["redis"], 0)
-        yield up
+        return [*found, up]
 
-    def _database(self) -> Iterable[Metric]:
-        sessions = self.service.sessions
-        by_state = stats.keys_by_state(sessions)
-        keys = GaugeMetricFamily("keyrotor_keys", "Keys in each state.", labels=["state"])
-        for state in State:
-            keys.add_metric([state.value], by_state.get(state.value, 0))
-        rotations = CounterMetricFamily(
-            "keyrotor_rotations", "Rotations committed (scheduled, manual and on delete)."
+    def _database(self) -> list[Metric]:
+        slack = stats.OVERDUE_TICKS * self.tick
+        found = stats.snapshot(self.service.sessions, overdue_before=self.now - slack)
+        keys = GaugeMetricFamily(
+            "keyrotor_keys",
+            f"Keys in each state (on PostgreSQL, beyond {stats.EXACT_UP_TO:,} keys, the planner's"
+            " estimate from the last ANALYZE).",
+            labels=["state"],
         )
-        rotations.add_metric([], stats.events_by_reason(sessions).get("key.rotated", 0))
+        for state in State:
+            keys.add_metric([state.value], found.keys_by_state.get(state.value, 0))
+        realms = GaugeMetricFamily(
+            "keyrotor_realms",
+            f"Realms (on PostgreSQL, beyond {stats.EXACT_UP_TO:,} realms, the planner's estimate"
+            " from the last ANALYZE).",
+        )
+        realms.add_metric([], found.realms)
+        overdue = GaugeMetricFamily(
+            "keyrotor_realms_overdue",
+            "Realms whose next scheduled key change (next_rotation_at) is over"
+            f" {stats.OVERDUE_TICKS} ticks late: beat or the workers are not keeping up.",
+        )
+        overdue.add_metric([], found.overdue.count)
+        oldest = GaugeMetricFamily(
+            "keyrotor_oldest_overdue_seconds",
+            "How late the most overdue realm is: now minus the earliest next_rotation_at"
+            f" (0 when none is over {stats.OVERDUE_TICKS} ticks late).",
+        )
+        oldest.add_metric([], _seconds(self.now, found.overdue.earliest_at))
         backlog = GaugeMetricFamily(
             "keyrotor_outbox_backlog", "Events committed but not yet relayed to Redis."
         )
-        backlog.add_metric([], outbox.count_unpublished(sessions))
-        return [keys, rotations, backlog]
-
-    def _rotation_ages(self, realms: list[stats.RealmStat]) -> Iterable[Metric]:
-        count = GaugeMetricFamily("keyrotor_realms", "Realms.")
-        count.add_metric([], len(realms))
-        ages = GaugeMetricFamily(
-            "keyrotor_seconds_since_last_rotation",
-            "Seconds since each realm's active key began to sign.",
-            labels=["realm_id", "realm"],
+        backlog.add_metric([], found.unrelayed.events)
+        # The relay publishes a realm's JWKS before it stamps that realm's events, so a realm
+        # with an unrelayed event is the only kind whose Redis JWKS may lag the database.
+        lag = GaugeMetricFamily(
+            "keyrotor_jwks_publish_lag_seconds",
+            "Age of the oldest event not yet relayed (0 when none waits): how long its realm's"
+            " JWKS may have been missing from Redis.",
         )
-        for realm in realms:
-            if realm.last_rotation_at is not None:
-                age = (self.now - realm.last_rotation_at).total_seconds()
-                ages.add_metric([realm.id, realm.name], max(0.0, age))
-        # Beside the ages, so an alert can say "older than its own period" (deploy/prometheus).
-        periods = GaugeMetricFamily(
-            "keyrotor_rotation_period_seconds",
-            "Each realm's rotation period: how long one key signs.",
-            labels=["realm_id", "realm"],
+        lag.add_metric([], _seconds(self.now, found.unrelayed.oldest_at))
+        lagging = GaugeMetricFamily(
+            "keyrotor_jwks_lagging_realms",
+            "Realms with an event not yet relayed, whose Redis JWKS may lag the database"
+            " (`keyrotor doctor --check jwks` compares each realm).",
         )
-        for realm in realms:
-            periods.add_metric([realm.id, realm.name], realm.rotation_period_s)
-        return [count, ages, periods]
+        lagging.add_metric([], found.unrelayed.realms)
+        return [keys, realms, overdue, oldest, backlog, lag, lagging]
 
-    def _redis(self, realms: list[stats.RealmStat] | None) -> Iterable[Metric]:
+    def _redis(self) -> list[Metric]:
         assert self.redis is not None
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(ROTATION_FAILURES)
+        pipe.hmget(EVENTS_RELAYED, REASONS)
+        pipe.hgetall(HEARTBEAT_KEY)
+        failed, counted, heartbeat = pipe.execute()
+        by_reason = {reason: int(n or 0) for reason, n in zip(REASONS, counted, strict=True)}
+        relayed = CounterMetricFamily(
+            "keyrotor_events_relayed",
+            "Events appended to the stream, by reason (counted once each, as the relay appends).",
+            labels=["reason"],
+        )
+        for reason, count in by_reason.items():
+            relayed.add_metric([reason], count)
+        rotations = CounterMetricFamily(
+            "keyrotor_rotations",
+            "Rotations committed and relayed (the key.rotated events: scheduled, manual and on"
+            " delete).",
+        )
+        rotations.add_metric([], by_reason["key.rotated"])
         failures = CounterMetricFamily(
             "keyrotor_rotation_failures", "Rotation task attempts that failed (and were retried)."
         )
-        failures.add_metric([], int(self.redis.get(ROTATION_FAILURES) or 0))
-        beat = last_heartbeat(self.redis)
+        failures.add_metric([], int(failed or 0))
+        beat = parse_heartbeat(heartbeat)
         seen = GaugeMetricFamily(
             "keyrotor_beat_last_seen_timestamp_seconds",
             "Unix time of the beat scheduler's last heartbeat (0 when never seen).",
         )
         seen.add_metric([], beat.at.timestamp() if beat is not None else 0.0)
-        found: list[Metric] = [failures, seen]
-        if realms is None:
-            return found
-        pipe = self.redis.pipeline(transaction=False)
-        for realm in realms:
-            pipe.hget(redis_key(realm.id), "jwks_version")
-        published = pipe.execute()
-        lagging = [
-            realm
-            for realm, version in zip(realms, published, strict=True)
-            if version is None or int(version) < realm.jwks_version
-        ]
-        lag = GaugeMetricFamily(
-            "keyrotor_jwks_publish_lag_seconds",
-            "Age of the oldest change whose JWKS is not yet in Redis (0 when all are).",
-        )
-        oldest = min((realm.updated_at for realm in lagging), default=self.now)
-        lag.add_metric([], max(0.0, (self.now - oldest).total_seconds()))
-        behind = GaugeMetricFamily(
-            "keyrotor_jwks_lagging_realms", "Realms whose Redis JWKS is older than the database."
-        )
-        behind.add_metric([], len(lagging))
-        return [*found, lag, behind]
+        return [relayed, rotations, failures, seen]
 
 
-def exposition(service: Service, client: redis.Redis | None, now: datetime) -> bytes:
-    """The Prometheus text format for one scrape."""
+def exposition(
+    service: Service,
+    client: redis.Redis | None,
+    now: datetime,
+    *,
+    tick: timedelta = DEFAULT_TICK,
+) -> bytes:
+    """The Prometheus text format for one scrape; `tick` is KEYROTOR_TICK (what "late" means)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(KeyrotorCollector(service, client, now))
+    registry.register(KeyrotorCollector(service, client, now, tick))
     return generate_latest(registry)

@@ -4,6 +4,8 @@
 Redis is configured, and keeps the Celery worker and beat (and any extra children) running,
 restarting a child that dies with backoff. SIGINT or SIGTERM stops them all: children first,
 while Redis is still there for their warm shutdown, then Valkey. Nothing outlives `serve`.
+Once every child answers, it prints one banner: where the JWKS, the admin API and /metrics are,
+and what to try next.
 """
 
 from __future__ import annotations
@@ -11,22 +13,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import quote
 
 import psutil
 import redis
 
 from worker import runtime
 from worker.client.events import redis_client
-from worker.core.errors import ConfigError, Conflict
+from worker.core.errors import ConfigError, Conflict, NotFound
 from worker.ops.logs import configure_logging, shown_url
 from worker.settings import Settings, load_settings
 from worker.store.db import migrate
@@ -51,14 +56,42 @@ FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 30.0
 STABLE_AFTER = 60.0  # a child up this long is healthy again: its next restart waits FIRST_BACKOFF
 STOP_TIMEOUT = 15.0  # for all children together, after SIGTERM
+READY_WAIT = 60.0  # seconds before a child that does not answer yet is worth a warning
+
+# Whether a started child serves yet, given the settings and the Redis URL the children use.
+Probe = Callable[[Settings, str], bool]
 
 
 @dataclass(frozen=True)
 class Child:
-    """A process `keyrotor run` keeps alive: a name for its log lines and the command to run."""
+    """A process `keyrotor run` keeps alive: a name for its log lines, the command to run, and
+    how to tell it is serving (the banner waits for every child that has a probe)."""
 
     name: str
     argv: list[str]
+    ready: Probe | None = None
+
+
+def web_answers(settings: Settings, _redis_url: str) -> bool:
+    """The HTTP server accepts connections on its port."""
+    try:
+        with socket.create_connection((_reachable(settings.http_host), settings.http_port), 0.5):
+            return True
+    except OSError:
+        return False
+
+
+def worker_answers(_settings: Settings, redis_url: str) -> bool:
+    """A Celery worker answers a ping through the broker (it consumes tasks from then on)."""
+    from celery import Celery
+
+    app = Celery("keyrotor-run", broker=redis_url)
+    try:
+        return bool(app.control.ping(timeout=0.5))
+    except Exception:  # the broker refused or dropped us: not ready, ask again later
+        return False
+    finally:
+        app.close()
 
 
 def celery_children() -> list[Child]:
@@ -68,9 +101,48 @@ def celery_children() -> list[Child]:
         Child(
             "worker",
             [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2", "-n", "keyrotor@%h"],
+            ready=worker_answers,
         ),
         Child("beat", [*celery, "beat", "--loglevel", "INFO"]),  # its schedule is in memory
     ]
+
+
+def banner(settings: Settings, realm: str) -> str:
+    """What a person at the terminal wants once everything answers: the addresses, how to get
+    an admin token, and a first command."""
+    host = _reachable(settings.http_host)
+    base = f"http://{f'[{host}]' if ':' in host else host}:{settings.http_port}"
+    cli = _command()
+    return "\n".join(
+        [
+            "keyrotor is ready; press Ctrl-C to stop",
+            f"  JWKS       {base}/realms/{quote(realm)}/.well-known/jwks.json",
+            f"  admin API  {base}/v1  with a token from:",
+            f"             KID=$({cli} admin-keys create --out admin.pem)",
+            f'             {cli} admin-token --key admin.pem --kid "$KID"',
+            f"  metrics    {base}/metrics  (health: {base}/healthz)",
+            f"  try        {cli} realms list",
+        ]
+    )
+
+
+def _reachable(host: str) -> str:
+    """The address to connect to for a listening address: a wildcard means this machine."""
+    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
+def _command() -> str:
+    """How to call `keyrotor` from this terminal: bare when PATH finds this one (an activated
+    venv), else its path, relative when it is under the working directory (`make run`)."""
+    installed = Path(sys.executable).parent / "keyrotor"
+    found = shutil.which("keyrotor")
+    if found is not None and Path(found).resolve() == installed.resolve():
+        return "keyrotor"
+    if not installed.exists():
+        return "keyrotor"
+    with contextlib.suppress(ValueError):
+        return str(installed.relative_to(Path.cwd()))
+    return str(installed)
 
 
 @dataclass
@@ -158,6 +230,35 @@ class Supervisor:
             log.info("%s %s", slot.child.name, _exit_status(slot.process.wait()))
 
 
+@dataclass
+class _Banner:
+    """Prints the banner once every child with a probe answers, and warns once if that takes
+    longer than READY_WAIT (the banner still follows when they do answer)."""
+
+    settings: Settings
+    redis_url: str
+    realm: str
+    waiting: list[tuple[str, Probe]]
+    since: float = field(default_factory=time.monotonic)
+    shown: bool = False
+    warned: bool = False
+
+    def check(self) -> None:
+        if self.shown:
+            return
+        self.waiting = [(n, ok) for n, ok in self.waiting if not ok(self.settings, self.redis_url)]
+        if not self.waiting:
+            log.info("%s", banner(self.settings, self.realm))
+            self.shown = True
+        elif not self.warned and time.monotonic() - self.since >= READY_WAIT:
+            log.warning(
+                "%s not answering after %gs; still waiting (press Ctrl-C to stop)",
+                ", ".join(name for name, _ in self.waiting),
+                READY_WAIT,
+            )
+            self.warned = True
+
+
 def serve(
     settings_overrides: dict[str, str] | None = None,
     *,
@@ -180,7 +281,7 @@ def serve(
     try:
         settings = load_settings(**overrides)
         _configure_logging(settings)
-        _prepare_database(settings)
+        realm = _prepare_database(settings)
         if settings.redis_url is None:
             valkey, url_file = _start_valkey(settings)
             url = str(valkey.connection_url)
@@ -193,8 +294,9 @@ def serve(
             **{f"KEYROTOR_{name.upper()}": value for name, value in overrides.items()},
             "KEYROTOR_REDIS_URL": url,
         }
-        chosen = celery_children() if children is None else list(children)
-        return _supervise(supervisor, [*chosen, *extra_children], env, valkey)
+        chosen = [*(celery_children() if children is None else children), *extra_children]
+        probes = [(child.name, child.ready) for child in chosen if child.ready is not None]
+        return _supervise(supervisor, chosen, env, valkey, _Banner(settings, url, realm, probes))
     finally:
         supervisor.stop()
         if valkey is not None:
@@ -206,16 +308,24 @@ def serve(
 
 
 def _supervise(
-    supervisor: Supervisor, children: Sequence[Child], env: dict[str, str], valkey: Any
+    supervisor: Supervisor,
+    children: Sequence[Child],
+    env: dict[str, str],
+    valkey: Any,
+    announce: _Banner,
 ) -> int:
     """The main loop: check the children every POLL seconds until a signal arrives."""
     if supervisor.signals:  # stopped while we were migrating or starting Valkey
         return 0
     supervisor.launch(children, env)
-    log.info("keyrotor is running; press Ctrl-C to stop")
+    if announce.waiting:
+        names = ", ".join(name for name, _ in announce.waiting)
+        log.info("keyrotor is running; waiting for %s to answer", names)
+    announce.check()
     while not supervisor.signals:
         time.sleep(POLL)
         supervisor.check()
+        announce.check()
         if valkey is not None and _valkey_down(valkey) and not supervisor.signals:
             log.error("the embedded Valkey stopped (see %s); stopping", valkey.log_path)
             return 1
@@ -229,8 +339,9 @@ def _configure_logging(settings: Settings) -> None:
         configure_logging(settings)
 
 
-def _prepare_database(settings: Settings) -> None:
-    """Migrate, and make sure a realm exists, so a fresh checkout signs tokens at once.
+def _prepare_database(settings: Settings) -> str:
+    """Migrate, and make sure a realm exists, so a fresh checkout signs tokens at once; returns
+    the realm the banner shows (`default` when there is one, else the first listed).
 
     Building the service here also creates the development master key file before any child
     starts, so the worker and beat never race to create two different ones.
@@ -238,10 +349,15 @@ def _prepare_database(settings: Settings) -> None:
     migrate(runtime.engine(settings.database_url))
     log.info("database %s", shown_url(settings.database_url))
     service = runtime.build_service(settings)
-    if not service.list_realms(max_results=1).collection:
-        with contextlib.suppress(Conflict):  # another process created it meanwhile
-            realm = service.create_realm("default")
-            log.info("created realm default (%s, %s)", realm.id, realm.policy.algo)
+    existing = service.list_realms(max_results=1).collection
+    if existing:
+        with contextlib.suppress(NotFound):
+            return service.get_realm("default").name
+        return existing[0].name
+    with contextlib.suppress(Conflict):  # another process created it meanwhile
+        realm = service.create_realm("default")
+        log.info("created realm default (%s, %s)", realm.id, realm.policy.algo)
+    return "default"
 
 
 def _start_valkey(settings: Settings) -> tuple[Any, Path]:

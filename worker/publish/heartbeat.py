@@ -34,7 +34,11 @@ def record_heartbeat(client: redis.Redis, beat: Heartbeat) -> None:
 
 def last_heartbeat(client: redis.Redis) -> Heartbeat | None:
     """The last heartbeat any beat wrote, or None when no beat ever ticked (or it is long gone)."""
-    found: dict[bytes, bytes] = client.hgetall(HEARTBEAT_KEY)  # type: ignore[assignment]
+    return parse_heartbeat(client.hgetall(HEARTBEAT_KEY))  # type: ignore[arg-type]
+
+
+def parse_heartbeat(found: dict[bytes, bytes]) -> Heartbeat | None:
+    """The heartbeat from its hash as read (`/metrics` reads it within a pipeline of its own)."""
     try:
         return Heartbeat(
             at=datetime.fromtimestamp(float(found[b"at"]), UTC),

@@ -6,6 +6,7 @@ sends the unsent rows, oldest first, to stream `keyrotor:events` and channel
 `keyrotor:relayed:<event id>` and only then appends and publishes, so two relays racing put
 each event into the stream once, in commit order per realm. A relay that dies between Redis
 and the database leaves rows unsent; the next relay finds them claimed and only stamps them.
+The same script counts each event it appends, by reason, for `/metrics`.
 """
 
 from __future__ import annotations
@@ -27,13 +28,17 @@ from worker.store.models import Event
 log = logging.getLogger("keyrotor.relay")
 
 BATCH = 500
+# Redis hash: reason -> events appended to the stream. Counted where the append happens, once
+# per event, so `/metrics` reads eight numbers instead of counting the outbox.
+EVENTS_RELAYED = "keyrotor:metrics:events"
 
-# KEYS: relayed marker, stream. ARGV: payload, maxlen, marker ttl (s), channel.
-# Returns the new stream entry id, or nil when the event was relayed before.
+# KEYS: relayed marker, stream, counts by reason. ARGV: payload, maxlen, marker ttl (s),
+# channel, reason. Returns the new stream entry id, or nil when the event was relayed before.
 _RELAY_ONCE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local entry = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[1])
 redis.call('SET', KEYS[1], entry, 'EX', ARGV[3])
+redis.call('HINCRBY', KEYS[3], ARGV[5], 1)
 redis.call('PUBLISH', ARGV[4], ARGV[1])
 return entry
 """
@@ -91,8 +96,8 @@ class Relay:
             ttl = int(RELAYED_TTL.total_seconds())
             for event in sending:
                 self._relay_once(
-                    keys=[relayed_key(event.id), STREAM],
-                    args=[encode(payload(event)), self.maxlen, ttl, CHANNEL],
+                    keys=[relayed_key(event.id), STREAM, EVENTS_RELAYED],
+                    args=[encode(payload(event)), self.maxlen, ttl, CHANNEL, event.reason],
                     client=pipe,
                 )
             entries = pipe.execute()

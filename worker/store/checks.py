@@ -1,8 +1,9 @@
-"""Read-only queries for `keyrotor doctor`: keyset pages over every key and realm, and the age
-of the outbox backlog. No rules, no writes."""
+"""Read-only queries for `keyrotor doctor`: keyset pages over every key and realm, the age
+of the outbox backlog, the realms overdue. No rules, no writes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -18,14 +19,6 @@ class SealedKey:
     id: str
     realm_id: str
     sealed_secret: bytes
-
-
-@dataclass(frozen=True)
-class RealmState:
-    id: str
-    name: str
-    jwks_version: int
-    updated_at: datetime
 
 
 @dataclass(frozen=True)
@@ -56,17 +49,28 @@ def realms(sessions: sessionmaker[Session], *, after: str = "", limit: int = 500
         return list(session.scalars(query))
 
 
-def realm_states(
-    sessions: sessionmaker[Session], *, after: str = "", limit: int = 500
-) -> list[RealmState]:
+def realm_versions(
+    sessions: sessionmaker[Session], settled_by: datetime, *, after: str = "", limit: int = 10_000
+) -> list[tuple[str, int, bool]]:
+    """(id, jwks_version, last changed by `settled_by`) in id order: all the JWKS check compares
+    for each realm, without building an object per row; names are read for the few reported."""
     query = (
-        select(Realm.id, Realm.name, Realm.jwks_version, Realm.updated_at)
+        select(Realm.id, Realm.jwks_version, Realm.updated_at <= settled_by)
         .where(Realm.id > after)
         .order_by(Realm.id)
         .limit(limit)
     )
     with transaction(sessions, read_only=True) as session:
-        return [RealmState(*row) for row in session.execute(query)]
+        return [
+            (realm_id, version, bool(settled))
+            for realm_id, version, settled in session.execute(query)
+        ]
+
+
+def realm_names(sessions: sessionmaker[Session], realm_ids: Iterable[str]) -> dict[str, str]:
+    query = select(Realm.id, Realm.name).where(Realm.id.in_(list(realm_ids)))
+    with transaction(sessions, read_only=True) as session:
+        return {realm_id: name for realm_id, name in session.execute(query)}
 
 
 def unsent_before(sessions: sessionmaker[Session], cutoff: datetime) -> Backlog:
@@ -80,3 +84,27 @@ def unsent_before(sessions: sessionmaker[Session], cutoff: datetime) -> Backlog:
         # Stored values are naive UTC, should a backend hand min() back without the column type.
         oldest = oldest.replace(tzinfo=UTC)
     return Backlog(int(count or 0), oldest)
+
+
+@dataclass(frozen=True)
+class OverdueRealm:
+    id: str
+    name: str
+    next_rotation_at: datetime
+
+
+def overdue_realms(
+    sessions: sessionmaker[Session], before: datetime, *, limit: int
+) -> tuple[int, list[OverdueRealm]]:
+    """How many realms were due before `before`, and the `limit` earliest: both from the start
+    of the (next_rotation_at, id) index, so the cost follows the overdue realms alone."""
+    due = Realm.next_rotation_at < before
+    earliest = (
+        select(Realm.id, Realm.name, Realm.next_rotation_at)
+        .where(due)
+        .order_by(Realm.next_rotation_at, Realm.id)
+        .limit(limit)
+    )
+    with transaction(sessions, read_only=True) as session:
+        count = int(session.scalar(select(func.count()).where(due)) or 0)
+        return count, [OverdueRealm(*row) for row in session.execute(earliest)]

@@ -124,6 +124,13 @@ class Event(Base):
             sqlite_where=text("published_at IS NULL"),
             postgresql_where=text("published_at IS NULL"),
         ),
+        # prune_events finds the oldest relayed events without reading the unsent or the rest.
+        Index(
+            "ix_events_published_at",
+            "published_at",
+            sqlite_where=text("published_at IS NOT NULL"),
+            postgresql_where=text("published_at IS NOT NULL"),
+        ),
     )
 
 

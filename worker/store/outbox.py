@@ -1,15 +1,18 @@
-"""Queries on the `events` outbox: what the relay has still to send, and marking it sent.
+"""Queries on the `events` outbox: what the relay has still to send, marking it sent, and
+dropping what was sent long ago.
 
 The service writes outbox rows with the change they describe; only the relay reads them back
-and stamps `published_at`, so marking never touches realms or keys.
+and stamps `published_at`, so marking never touches realms or keys. Once sent, a row is only a
+record: `prune` deletes it after the retention, and never a row the relay has still to send.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.store.db import transaction
@@ -40,3 +43,26 @@ def count_unpublished(sessions: sessionmaker[Session]) -> int:
     with transaction(sessions, read_only=True) as session:
         query = select(func.count()).where(Event.published_at.is_(None))
         return int(session.scalar(query) or 0)
+
+
+def prune(sessions: sessionmaker[Session], before: datetime, batch: int) -> int:
+    """Delete at most `batch` of the oldest events relayed before `before`, in one short
+    transaction; returns how many went. Unsent events stay whatever their age.
+
+    The subquery walks the `published_at` partial index from its oldest end, so the cost is the
+    batch, not the table. On PostgreSQL it skips rows another prune has locked, so two at once
+    take different batches instead of waiting for each other.
+    """
+    oldest = (
+        select(Event.seq)
+        .where(Event.published_at.is_not(None), Event.published_at < before)
+        .order_by(Event.published_at)
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+    )
+    with transaction(sessions) as session:
+        result = session.execute(
+            delete(Event).where(Event.seq.in_(oldest)),
+            execution_options={"synchronize_session": False},
+        )
+        return cast("CursorResult[Any]", result).rowcount
