@@ -319,6 +319,11 @@ def test_malformed_oversized_and_kidless_tokens_are_refused_without_a_fetch(
     tampered = acme.token()[:-4] + "AAAA"
     with pytest.raises(InvalidToken, match="signature"):
         cache.verify(acme.id, tampered)
+    # A remembered header with a payload no JWT has (a lone surrogate: PyJWT raised
+    # UnicodeEncodeError for it) is malformed, not a crash (found by the fuzzer).
+    head, _, rest = acme.token().partition(".")
+    with pytest.raises(InvalidToken, match="malformed"):
+        cache.verify(acme.id, f"{head}.\ud800{rest}")
 
 
 def test_the_header_is_read_once_per_kid_and_still_checked_strictly_by_decode(

@@ -204,6 +204,8 @@ class KeyCache:
         """The token's claims, or InvalidToken with a one-line reason."""
         if len(token) > self.max_token_bytes:
             raise InvalidToken(f"token is too large (over {self.max_token_bytes} bytes)")
+        if not token.isascii():  # a JWT is base64url and dots; PyJWT cannot even encode some
+            raise InvalidToken("token is malformed")
         kid, alg = self._kid_and_alg(token)
         if not isinstance(kid, str) or not kid:
             raise InvalidToken("token header has no kid")
