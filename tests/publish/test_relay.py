@@ -155,7 +155,7 @@ def test_events_made_while_redis_is_down_arrive_once_in_the_stream_and_at_a_subs
         wanted = outbox_ids(stack.service)
         got.wait_for_ids(wanted, timeout=40)
         stack.send("keyrotor.rotate_realm", stack.service.get_realm("acme").id, True)
-        wait_for(lambda: len(outbox_ids(stack.service)) == 5, 20, "the worker's rotation")
+        wait_for(lambda: len(outbox_ids(stack.service)) == 5, 60, "the worker's rotation")
         wanted = outbox_ids(stack.service)
         got.wait_for_ids(wanted, timeout=20)  # sent by the worker right after its commit
         stream = [json.loads(f[b"event"])["id"] for _, f in xrange(stack.redis, "keyrotor:events")]
