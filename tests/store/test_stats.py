@@ -50,8 +50,6 @@ def test_counts_keys_realms_overdue_realms_and_the_unrelayed_events(
 def test_large_postgresql_tables_are_estimated_from_the_planners_statistics(
     service: Service, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite is counted row by row (one host, small)")
     for n in range(3):
         service.create_realm(f"realm-{n}")
     for n in range(2):  # each state on two rows or more, as ANALYZE's common values need
@@ -59,6 +57,10 @@ def test_large_postgresql_tables_are_estimated_from_the_planners_statistics(
         service.create_key(f"realm-{n}")
     monkeypatch.setattr(stats, "EXACT_UP_TO", 2)
     found = stats.snapshot(service.sessions, service.clock())
+    if engine.dialect.name != "postgresql":  # SQLite is counted row by row, past any cap
+        assert found.realms == 3
+        assert found.keys_by_state == {"active": 3, "expired": 2, "pending": 2}
+        return
     assert found.realms >= 2  # not analysed yet: at least what the capped count saw
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(text("ANALYZE realms, jwt_keys"))

@@ -1,4 +1,4 @@
-"""Prefixed random identifiers: `rl_`, `jky_`, `evt_`, `aky_` and `jsk_` secrets."""
+"""Prefixed random identifiers: `rl_`, `jky_`, `evt_`, `aky_`, `kpl_`, `rot_` and `jsk_` secrets."""
 
 from __future__ import annotations
 
@@ -30,6 +30,14 @@ def event_id() -> str:
 
 def admin_key_id() -> str:
     return new_id("aky")
+
+
+def pooled_key_id() -> str:
+    return new_id("kpl")
+
+
+def rotation_id() -> str:
+    return new_id("rot")
 
 
 def hmac_secret() -> str:

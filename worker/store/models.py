@@ -134,6 +134,45 @@ class Event(Base):
     )
 
 
+class PooledKey(Base):
+    """An RSA key made ahead of need, sealed under the master key; a realm takes each once.
+
+    RSA generation takes 40 ms to over a second, so a pool filled in the background lets a
+    rotation or a revocation store a key at once. Pooled keys belong to no realm: they are in
+    no JWKS, event or API answer until taken.
+    """
+
+    __tablename__ = "key_pool"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    algo: Mapped[str] = mapped_column(String(10))
+    rsa_bits: Mapped[int] = mapped_column(Integer)
+    public_pem: Mapped[str] = mapped_column(Text)
+    sealed_secret: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_key_pool_algo_rsa_bits_id", "algo", "rsa_bits", "id"),)
+
+
+class MassRotation(Base):
+    """One `rotate --all`: which realms it covers and its cut-off, so running it again resumes.
+
+    A realm is covered when it matches the filters and its active key began signing before
+    `before`; rotating it moves its active key past the cut-off, so it is never rotated twice.
+    """
+
+    __tablename__ = "rotations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    algo: Mapped[str | None] = mapped_column(String(10))
+    realm_prefix: Mapped[str | None] = mapped_column(String(100))
+    before: Mapped[datetime] = mapped_column(UTCDateTime())
+    total: Mapped[int] = mapped_column(Integer)
+    batches: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 class AdminKey(Base):
     """A public key that may sign admin API tokens; the private half is never stored."""
 
