@@ -44,7 +44,7 @@ DUE_QUEUE = "bench-due"
 FILL = """
 INSERT INTO realms (id, name, algo, rsa_bits, rotation_period_s, prepublish_s, grace_s,
                     max_token_ttl_s, jwks_version, next_rotation_at, created_at, updated_at)
-SELECT 'rl_' || substr(md5(g::text), 1, 22), 'bench-' || g, 'es256', 2048, 2592000, 3600,
+SELECT 'rl_' || substr(md5(g::text), 1, 22), 'bench-' || g, :algo, 2048, 2592000, 3600,
        21600, 3600, 1,
        CASE WHEN g <= :due
             THEN :now - (g % 600) * interval '1 second'  -- the last ten minutes, with ties
@@ -54,14 +54,16 @@ FROM generate_series(1, :total) AS g
 """
 
 
-def fill_realms(engine: Engine, total: int, due: int, now: datetime) -> float:
-    """Insert `total` realm rows, `due` of them due at `now` and the rest from 80 minutes
-    on (so a worker started now sees the same due set); VACUUM ANALYZE as autovacuum would
-    have by the time a table this size is scanned. Returns the seconds it took."""
+def fill_realms(engine: Engine, total: int, due: int, now: datetime, algo: str = "es256") -> float:
+    """Insert `total` realm rows of `algo` (RSA ones of 2,048 bits), `due` of them due at
+    `now` and the rest from 80 minutes on (so a worker started now sees the same due set);
+    VACUUM ANALYZE as autovacuum would have by the time a table this size is scanned. Returns
+    the seconds it took."""
     started = time.perf_counter()
     with engine.begin() as connection:
         connection.execute(
-            text(FILL), {"due": due, "total": total, "now": now.replace(tzinfo=None)}
+            text(FILL),
+            {"due": due, "total": total, "now": now.replace(tzinfo=None), "algo": algo},
         )
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(text("VACUUM ANALYZE realms"))

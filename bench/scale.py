@@ -89,7 +89,7 @@ FAST = {
 KEYS = """
 INSERT INTO jwt_keys (id, realm_id, algo, use, state, public_pem, sealed_secret, created_at,
                       activated_at)
-SELECT 'jky_' || substr(md5('key' || id), 1, 22), id, 'es256', 'sign', 'active', :pem, :sealed,
+SELECT 'jky_' || substr(md5('key' || id), 1, 22), id, algo, 'sign', 'active', :pem, :sealed,
        created_at, created_at
 FROM realms
 """
@@ -101,10 +101,12 @@ Published = tuple[str, str, bytes, int]  # realm id, name, JWKS bytes, jwks_vers
 # -- filling a deployment ----------------------------------------------------------------------
 
 
-def fill_keys(engine: Engine) -> None:
-    """One active ES256 key row per realm, all sharing one public key. The sealed secret is a
-    placeholder: nothing measured here opens it (`doctor --check jwks` reads no secrets)."""
-    material = keys.generate("es256")
+def fill_keys(engine: Engine, material: keys.KeyMaterial | None = None) -> None:
+    """One active key row per realm, of the realm's algo, all sharing one public key
+    (`material`'s, else a fresh ES256 one: the realms must be of its algo). The sealed secret
+    is a placeholder: nothing measured here opens it (`doctor --check jwks` reads no secrets,
+    and a rotation only retires the old key)."""
+    material = material or keys.generate("es256")
     with engine.begin() as connection:
         connection.execute(text(KEYS), {"pem": material.public_pem, "sealed": b"\x00" * 64})
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
@@ -116,15 +118,15 @@ def publications(engine: Engine) -> Iterator[list[Published]]:
     with engine.connect() as connection:
         rows = connection.execution_options(stream_results=True, yield_per=PUBLISH_BATCH).execute(
             text(
-                "SELECT r.id, r.name, r.jwks_version, k.id, k.public_pem FROM realms r"
+                "SELECT r.id, r.name, r.jwks_version, k.id, k.algo, k.public_pem FROM realms r"
                 " JOIN jwt_keys k ON k.realm_id = r.id ORDER BY r.id"
             )
         )
-        member: dict[str, str] | None = None
+        member: dict[str, str] | None = None  # the keys share one public key: made once
         for partition in rows.partitions():
             page = []
-            for realm_id, name, version, kid, pem in partition:
-                member = member or keys.public_jwk("es256", kid, pem)
+            for realm_id, name, version, kid, algo, pem in partition:
+                member = member or keys.public_jwk(algo, kid, pem)
                 page.append((realm_id, name, body({"keys": [{**member, "kid": kid}]}), version))
             yield page
 
@@ -145,11 +147,12 @@ def publish_redis(client: redis.Redis, page: list[Published]) -> None:
 
 def publish_files(folder: int, page: list[Published]) -> None:
     """jwks.json and .version under the JWKS folder (an open descriptor), as
-    `Publisher.write_file` leaves them; no fsync and no lock file: this is set-up."""
+    `Publisher.write_file` leaves them (`.version` a 20-digit number and a newline); no fsync
+    and no lock file: this is set-up."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     for realm_id, _, document, version in page:
         os.mkdir(realm_id, dir_fd=folder)
-        for name, data in (("jwks.json", document), (".version", str(version).encode())):
+        for name, data in (("jwks.json", document), (".version", f"{version:020d}\n".encode())):
             handle = os.open(f"{realm_id}/{name}", flags, 0o644, dir_fd=folder)
             try:
                 os.write(handle, data)

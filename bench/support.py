@@ -35,7 +35,7 @@ from worker.runtime import build_service
 from worker.service import Service
 from worker.settings import Settings, load_settings
 from worker.store.db import make_engine, migrate, session_factory, transaction
-from worker.store.models import JwtKey, Realm
+from worker.store.models import JwtKey, PooledKey, Realm
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
@@ -354,10 +354,13 @@ class Deployment:
     redis: redis.Redis
 
     def clear(self) -> None:
-        """Empty the tables and keyrotor's Redis keys between runs. Celery's own keys (queue
-        bindings) stay: flushing them would make Redis drop the messages a worker waits for."""
+        """Empty the tables (the key pool too) and keyrotor's Redis keys between runs.
+        Celery's own keys (queue bindings) stay: flushing them would make Redis drop the
+        messages a worker waits for."""
         with self.service.sessions() as session, session.begin():
-            session.execute(text("TRUNCATE realms, jwt_keys, events RESTART IDENTITY CASCADE"))
+            session.execute(
+                text("TRUNCATE realms, jwt_keys, events, key_pool RESTART IDENTITY CASCADE")
+            )
         for name in self.redis.scan_iter("keyrotor:*", count=1000):
             self.redis.delete(name)
 
@@ -383,14 +386,26 @@ def deployment(prefix: str, **settings: str) -> Iterator[Deployment]:
             client.close()
 
 
-def seed_realms(service: Service, count: int, algo: str, *, batch: int = 1000) -> list[str]:
-    """`count` realms of `algo`, each with one active key, written in bulk.
+def seed_realms(
+    service: Service,
+    count: int,
+    algo: str,
+    *,
+    batch: int = 1000,
+    rsa_bits: int | None = None,
+    material: keys.KeyMaterial | None = None,
+) -> list[str]:
+    """`count` realms of `algo` (RSA ones of `rsa_bits`, else the default policy's), each with
+    one active key, written in bulk.
 
     Generating an RSA key per realm would cost the benchmark what it measures, so the realms
-    share one generated key, sealed separately for each row (the seal binds realm and key id).
+    share one generated key (or `material`), sealed separately for each row (the seal binds
+    realm and key id).
     """
-    material = keys.generate(algo)
     policy = replace(service.limits.default_policy, algo=algo)
+    if rsa_bits is not None:
+        policy = replace(policy, rsa_bits=rsa_bits)
+    material = material or keys.generate(algo, policy.rsa_bits)
     now = service.clock()
     realm_ids: list[str] = []
     while len(realm_ids) < count:
@@ -435,6 +450,49 @@ def seed_realms(service: Service, count: int, algo: str, *, batch: int = 1000) -
             session.flush()  # realms before their keys: no ORM relationship orders them
             session.add_all(rows)
     return realm_ids
+
+
+def pool_materials(algo: str, rsa_bits: int, distinct: int) -> list[keys.KeyMaterial]:
+    """`distinct` freshly generated keys, for `stock_pool` to reuse across many pooled rows."""
+    return [keys.generate(algo, rsa_bits) for _ in range(distinct)]
+
+
+def stock_pool(
+    service: Service,
+    materials: Sequence[keys.KeyMaterial],
+    count: int,
+    *,
+    rsa_bits: int,
+    batch: int = 1000,
+) -> int:
+    """Add `count` rows to the key pool in bulk, as `Service.fill_pool` would leave them but
+    without generating a key per row: the rows reuse `materials` in turn, each row's secret
+    sealed under its own pooled id (what a realm taking it opens). What a benchmark measures
+    with them is taking and re-sealing a pooled key, not making one. Returns the count."""
+    now = service.clock()
+    added = 0
+    while added < count:
+        rows = []
+        for n in range(added, min(added + batch, count)):
+            material = materials[n % len(materials)]
+            pooled_id = ids.pooled_key_id()
+            assert material.public_pem is not None  # pooled keys are RSA: a public half
+            rows.append(
+                PooledKey(
+                    id=pooled_id,
+                    algo=material.algo,
+                    rsa_bits=rsa_bits,
+                    public_pem=material.public_pem,
+                    sealed_secret=service.master_keys.seal(
+                        material.secret, realm_id=keys.POOL_REALM, key_id=pooled_id
+                    ),
+                    created_at=now,
+                )
+            )
+        with transaction(service.sessions) as session:
+            session.add_all(rows)
+        added += len(rows)
+    return added
 
 
 def sqlite_service(folder: Path) -> Service:

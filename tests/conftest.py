@@ -27,7 +27,7 @@ from worker.store.db import make_engine, migrate, session_factory
 POSTGRES_URL = os.environ.get("KEYROTOR_TEST_POSTGRES_URL")
 REDIS_URL = os.environ.get("KEYROTOR_TEST_REDIS_URL")
 BACKENDS = ["sqlite", "postgresql"] if POSTGRES_URL else ["sqlite"]
-TABLES = ("jwt_keys", "realms", "events", "admin_keys")
+TABLES = ("jwt_keys", "realms", "events", "admin_keys", "key_pool", "rotations")
 
 
 @dataclass

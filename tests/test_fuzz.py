@@ -40,14 +40,21 @@ from worker.service import Service
 from worker.settings import Settings, load_settings
 from worker.store.admin_keys import AdminKeys
 from worker.store.db import transaction
-from worker.store.models import AdminKey, Event, JwtKey, Realm
+from worker.store.models import AdminKey, Event, JwtKey, MassRotation, PooledKey, Realm
 
 FUZZ = settings(
     max_examples=int(os.environ.get("KEYROTOR_FUZZ_EXAMPLES", "200")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-MODELS = {"realms": Realm, "jwt_keys": JwtKey, "events": Event, "admin_keys": AdminKey}
+MODELS = {
+    "realms": Realm,
+    "jwt_keys": JwtKey,
+    "events": Event,
+    "admin_keys": AdminKey,
+    "key_pool": PooledKey,
+    "rotations": MassRotation,
+}
 assert set(MODELS) == set(TABLES)
 
 

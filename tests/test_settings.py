@@ -84,6 +84,7 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
         "TICK": "1s",
         "EVENTS_STREAM_MAXLEN": "5000",
         "EVENTS_RETENTION": "36h",
+        "KEY_POOL_SIZE": "0",
         "LOG_LEVEL": "debug",
         "ALGO": "ES256",
         "ROTATION_PERIOD": "7d",
@@ -112,6 +113,7 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings.tick == timedelta(seconds=1)
     assert settings.events_stream_maxlen == 5000
     assert settings.events_retention == timedelta(hours=36)
+    assert settings.key_pool_size == 0
     assert settings.log_level == "DEBUG"
     assert settings.algo == "es256"
     assert settings.rotation_period == timedelta(days=7)
@@ -166,6 +168,8 @@ def test_a_bad_value_in_dotenv_is_refused_by_name(tmp_path: Path) -> None:
         ("EVENTS_STREAM_MAXLEN", "999", "KEYROTOR_EVENTS_STREAM_MAXLEN: must be at least 1000"),
         ("EVENTS_RETENTION", "59s", "KEYROTOR_EVENTS_RETENTION: must be at least 1m"),
         ("EVENTS_RETENTION", "soon", "KEYROTOR_EVENTS_RETENTION: invalid duration 'soon'"),
+        ("KEY_POOL_SIZE", "-1", "KEYROTOR_KEY_POOL_SIZE: must be between 0 and 1000"),
+        ("KEY_POOL_SIZE", "1001", "KEYROTOR_KEY_POOL_SIZE: must be between 0 and 1000"),
         ("ENV", "staging", "KEYROTOR_ENV: must be one of development, production (got 'staging')"),
         ("LOG_LEVEL", "TRACE", "KEYROTOR_LOG_LEVEL: must be one of DEBUG, INFO, WARNING, ERROR"),
         ("ALGO", "rs512", "KEYROTOR_ALGO: must be one of hs256, rs256, ps256, es256, eddsa"),

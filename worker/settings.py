@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     events_stream_maxlen: Annotated[int, _between(1000)] = 100_000
     # How long a relayed event stays in the outbox table before `keyrotor.prune_events` drops it.
     events_retention: Annotated[Duration, _at_least(timedelta(minutes=1))] = timedelta(days=7)
+    # Realms per `keyrotor.rotate_realms` batch: one transaction and one publication pass each.
+    rotate_batch: Annotated[int, _between(1, 1000)] = 200
+    # Ready RSA keys kept for each RSA algo and size in use, so rotations need not wait; 0: off.
+    key_pool_size: Annotated[int, _between(0, 1000)] = 16
     log_level: Annotated[LogLevel, _choice(LOG_LEVELS, str.upper)] = "INFO"
     # auto: JSON lines when ENV=production and stderr is not a terminal, readable lines otherwise.
     log_format: Annotated[LogFormat, _choice(LOG_FORMATS, str.lower)] = "auto"

@@ -23,6 +23,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from worker.core.sealing import MasterKeys, parse_master_keys
+from worker.service import Service
+from worker.store.db import make_engine, session_factory
+
 KEYROTOR = Path(sys.executable).parent / "keyrotor"
 MASTER_KEY = base64.b64encode(secrets.token_bytes(32)).decode()
 OTHER_MASTER_KEY = base64.b64encode(secrets.token_bytes(32)).decode()
@@ -387,8 +391,24 @@ def test_rewrap_reseals_under_the_first_master_key_so_the_old_one_can_go(cli: Cl
     assert ok_json(cli("jwks", "hmac")) == {"keys": []}  # HMAC keys never appear in a JWKS
 
 
+def test_key_pool_shows_the_ready_keys_and_empties_only_when_confirmed(
+    cli: Cli, database_url: str
+) -> None:
+    ok(cli("realms", "create", "acme", "--algo", "rs256"))
+    assert ok_json(cli("key-pool", "--json")) == []
+    assert "the key pool is empty" in ok(cli("key-pool"))
+    engine = make_engine(database_url)  # the workers fill the pool; here the service does
+    Service(session_factory(engine), MasterKeys(parse_master_keys(MASTER_KEY))).fill_pool(2)
+    engine.dispose()
+
+    assert ok_json(cli("key-pool", "--json")) == [{"algo": "rs256", "rsa_bits": 2048, "keys": 2}]
+    refused(cli("key-pool", "empty"), "key-pool empty", "--yes")  # no terminal to ask at
+    assert "deleted 2 pooled keys" in ok(cli("key-pool", "empty", "--yes"))
+    assert ok_json(cli("key-pool", "--json")) == []
+
+
 def test_help_lists_the_commands(tmp_path: Path) -> None:
     result = run("--help", cwd=tmp_path, database_url=f"sqlite:///{tmp_path / 'unused.db'}")
     shown = ok(result)
-    for command in ("migrate", "realms", "keys", "rotate", "jwks", "rewrap"):
+    for command in ("migrate", "realms", "keys", "rotate", "jwks", "rewrap", "key-pool"):
         assert re.search(rf"\b{command}\b", shown), command

@@ -126,6 +126,34 @@ def test_deleting_an_expired_key_without_force_changes_nothing() -> None:
     assert lifecycle.delete(POLICY, keys, expired.id, at(days=1), force=False) == []
 
 
+def test_an_emergency_rotation_replaces_keys_made_before_its_cut_off_once() -> None:
+    ids = fresh_ids()
+    keys = settle(POLICY, settle(POLICY, [], T0, ids), at(days=30, hours=-1), ids)
+    active = next(k for k in keys if k.state is State.ACTIVE)
+    pending = next(k for k in keys if k.state is State.PENDING)
+    cutoff, now = at(days=29, hours=23, minutes=30), at(days=29, hours=23, minutes=40)
+
+    plan = lifecycle.rotate_unless_since(POLICY, keys, now, cutoff)
+
+    # The pending key was made before the cut-off: as exposed as the active one, so it goes.
+    assert plan == [Delete(pending.id), Expire(active.id, now + POLICY.grace), Create(State.ACTIVE)]
+    assert lifecycle.reason(plan) == "key.rotated"
+    after = lifecycle.apply(keys, plan, now, iter(["new"]))
+    assert (
+        lifecycle.rotate_unless_since(POLICY, after, at(days=29, hours=23, minutes=50), cutoff)
+        == []
+    )
+
+
+def test_an_emergency_rotation_promotes_a_pending_key_made_after_its_cut_off() -> None:
+    ids = fresh_ids()
+    keys = settle(POLICY, settle(POLICY, [], T0, ids), at(days=30, hours=-1), ids)
+    active = next(k for k in keys if k.state is State.ACTIVE)
+    pending = next(k for k in keys if k.state is State.PENDING)
+    plan = lifecycle.rotate_unless_since(POLICY, keys, at(days=29, hours=23), at(days=1))
+    assert plan == [Expire(active.id, at(days=29, hours=23) + POLICY.grace), Activate(pending.id)]
+
+
 def test_delete_of_an_unknown_key_is_not_found() -> None:
     with pytest.raises(NotFound):
         lifecycle.delete(POLICY, [], "jky_nope", T0, force=False)

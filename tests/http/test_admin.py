@@ -278,6 +278,8 @@ def test_openapi_describes_every_route_status_and_the_bearer_scheme(api: Api) ->
         ("/v1/realms/{realm}", "put"): {"200", "401", "404", "422"},
         ("/v1/realms/{realm}", "patch"): {"200", "401", "404", "422"},
         ("/v1/realms/{realm}", "delete"): {"202", "401", "404"},
+        ("/v1/rotations", "post"): {"202", "401", "422"},
+        ("/v1/rotations/{rotation_id}", "get"): {"200", "401", "404"},
         ("/healthz", "get"): {"200", "503"},
         ("/metrics", "get"): {"200"},
     }

@@ -64,3 +64,15 @@ def test_beat_prunes_the_outbox_every_ten_minutes_whatever_the_tick() -> None:
         }
     finally:
         app.close()
+
+
+def test_beat_tops_the_key_pool_up_every_minute() -> None:
+    app = make_app(load_settings(tick="1s"), "redis://127.0.0.1:1/0")  # no broker needed
+    try:
+        assert app.conf.beat_schedule["fill-key-pool"] == {
+            "task": "keyrotor.fill_key_pool",
+            "schedule": timedelta(minutes=1),
+            "options": {"expires": 60.0},
+        }
+    finally:
+        app.close()

@@ -310,3 +310,16 @@ print([tasks.prune_events.run() for _ in range(3)])
     assert result.stdout.strip() == "[3, 1, 0]"
     assert outbox.count_unpublished(stack.service.sessions) == 2
     assert len(event_ids(stack)) == 2
+
+
+def test_a_starting_worker_fills_the_key_pool_for_the_rsa_realms(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    stack = make_stack(tmp_path, database_url, redis_url, key_pool_size="2")
+    try:
+        stack.service.create_realm("acme", algo="rs256", rsa_bits=2048)
+        stack.worker("w1")
+        wait_for(lambda: stack.service.pool_counts() == {("rs256", 2048): 2}, 30, "the pool")
+        wait_for(lambda: "made 2 pooled key(s)" in stack.log("w1"), 10, "the log line")
+    finally:
+        stack.close()

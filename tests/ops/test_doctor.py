@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import select, text, update
 
 from tests.support.processes import free_port, processes_under
 from tests.support.stack import Stack, wait_for
+from worker.core.keys import POOL_REALM
 from worker.core.sealing import generate_master_key
 from worker.ops.doctor import CHECKS, Check, examine
 from worker.publish.heartbeat import HEARTBEAT_KEY, Heartbeat, record_heartbeat
@@ -26,7 +27,7 @@ from worker.publish.relay import Relay
 from worker.service import RealmView
 from worker.settings import Settings
 from worker.store.db import transaction
-from worker.store.models import Event
+from worker.store.models import Event, PooledKey
 
 KEYROTOR = Path(sys.executable).parent / "keyrotor"
 
@@ -85,13 +86,32 @@ def test_keys_sealed_under_a_master_key_that_is_not_configured(stack: Stack) -> 
     assert results[0].ok and "1 still sealed under an older one" in results[0].detail
 
 
+def test_pooled_keys_are_checked_like_realm_keys(stack: Stack) -> None:
+    healthy(stack)
+    stack.service.fill_pool(1, wanted=[("rs256", 2048)])
+    (check,) = examine(stack.settings, only=["sealed_keys"])
+    assert check.ok
+    assert check.detail.startswith("2 keys (1 of them pooled), every one opens")
+    # A pooled key sealed for another row does not open: named like a realm key.
+    with transaction(stack.service.sessions) as session:
+        row = session.scalars(select(PooledKey)).one()
+        pooled_id, keys = row.id, stack.service.master_keys
+        secret = keys.open(row.sealed_secret, realm_id=POOL_REALM, key_id=pooled_id)
+        row.sealed_secret = keys.seal(secret, realm_id="rl_elsewhere", key_id=pooled_id)
+    assert problems(examine(stack.settings, only=["sealed_keys"])) == {
+        "sealed_keys": "1 of 2 keys (1 of them pooled) do not open with the configured master"
+        f" keys: {pooled_id} (is a master key that sealed them missing from"
+        " KEYROTOR_MASTER_KEYS?)"
+    }
+
+
 def test_an_unmigrated_database(stack: Stack, tmp_path: Path) -> None:
     healthy(stack)
     empty = tmp_path / "empty.db"
     sqlite3.connect(empty).close()
     found = problems(examine(changed(stack.settings, database_url=f"sqlite:///{empty}")))
     assert found["database"].endswith(
-        ": schema at nothing, this code needs 0002 (run `keyrotor migrate`)"
+        ": schema at nothing, this code needs 0003 (run `keyrotor migrate`)"
     )
     assert found["policies"].startswith("not checked, database not usable:")
     assert set(found) == {"database", "sealed_keys", "policies", "overdue", "outbox", "jwks"}

@@ -61,6 +61,21 @@ def test_database_families_without_redis(service: Service, clock: FakeClock) -> 
     assert "keyrotor_rotations_total[]" not in found  # counted in Redis
 
 
+def test_the_key_pool_is_counted_by_algo_and_size_every_kind_always_shown(
+    service: Service, clock: FakeClock
+) -> None:
+    service.fill_pool(2, wanted=[("rs256", 2048)])
+    found = scrape(service, None, clock)
+    pool = {name: n for name, n in found.items() if name.startswith("keyrotor_key_pool_keys")}
+    assert pool == {
+        f"keyrotor_key_pool_keys[('algo', '{algo}'), ('rsa_bits', '{bits}')]": (
+            2 if (algo, bits) == ("rs256", 2048) else 0
+        )
+        for algo in ("ps256", "rs256")
+        for bits in (2048, 3072, 4096)
+    }
+
+
 def test_a_realm_is_overdue_once_its_next_change_is_three_ticks_late(
     service: Service, clock: FakeClock
 ) -> None:

@@ -9,8 +9,8 @@ from pydantic import BaseModel
 
 from worker.core.lifecycle import State
 from worker.http import models
-from worker.service import Service
-from worker.service.wire import key_json, page_json, realm_json
+from worker.service import RotationProgress, Service
+from worker.service.wire import key_json, page_json, realm_json, rotation_json
 
 
 def described(model: type[BaseModel], produced: dict[str, object]) -> dict[str, object]:
@@ -48,3 +48,17 @@ def test_key_json_is_the_documented_key_in_every_state(service: Service) -> None
         assert item["key"] == key.key
     realms = page_json(service.list_realms())
     assert described(models.RealmPage, realms) == realms
+
+
+def test_rotation_json_is_the_documented_rotation(service: Service) -> None:
+    service.create_realm("acme", algo="es256")
+    rotation = service.start_rotation("es256", "ac", service.clock())
+    reported = RotationProgress(batches=1, rotated=1, failed=1, failed_realm_ids=["rl_x"])
+
+    produced = rotation_json(rotation, reported)
+
+    assert list(produced) == list(models.Rotation.model_fields)
+    assert described(models.Rotation, produced) == produced
+    assert produced["object"] == "rotation" and produced["state"] == "running"
+    assert (produced["before"], produced["created_at"]) == ("2026-01-01T00:00:00Z",) * 2
+    assert (produced["rotated"], produced["failed_realm_ids"]) == (1, ["rl_x"])

@@ -1,4 +1,5 @@
-"""A real Celery worker whose first key change pauses inside its transaction, to be killed there.
+"""A real Celery worker whose first key change (of one realm or of a batch) pauses inside its
+transaction, to be killed there.
 
 Run as `python tests/support/paused_worker.py <celery worker args>`. PAUSE_MARKER names a file
 the paused process writes its pid into; PAUSE_SECONDS is how long it waits (default 120).
@@ -12,21 +13,35 @@ import time
 from pathlib import Path
 from typing import Any
 
+from worker.service import batch
 from worker.service.writer import Writer
 
 _apply = Writer._apply
+_write = batch._write
+
+
+def _pause() -> None:
+    marker = Path(os.environ["PAUSE_MARKER"])
+    if not marker.exists():
+        marker.write_text(str(os.getpid()))
+        time.sleep(float(os.environ.get("PAUSE_SECONDS", "120")))
 
 
 def _paused_apply(self: Writer, *args: Any, **kwargs: Any) -> Any:
     change = _apply(self, *args, **kwargs)
-    marker = Path(os.environ["PAUSE_MARKER"])
-    if change is not None and not marker.exists():
-        marker.write_text(str(os.getpid()))
-        time.sleep(float(os.environ.get("PAUSE_SECONDS", "120")))
+    if change is not None:
+        _pause()
     return change
 
 
+def _paused_write(session: Any, planned: list[Any]) -> None:
+    _write(session, planned)
+    if planned:
+        _pause()
+
+
 Writer._apply = _paused_apply  # type: ignore[method-assign]
+batch._write = _paused_write
 
 if __name__ == "__main__":
     import sys

@@ -15,6 +15,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from worker.cli import admin as cli_admin
 from worker.cli import events as cli_events
+from worker.cli import pool as cli_pool
 from worker.cli.common import Json, emit, err, fail, out, print_json, published, service, settings
 from worker.core import keys
 from worker.core.clock import rfc3339
@@ -294,8 +295,43 @@ def migrate() -> None:
 
 
 @app.command()
-def rotate(realm: str, as_json: Json = False) -> None:
-    """Rotate a realm now: the pending key (or a new one) signs from now on."""
+def rotate(
+    realm: Annotated[str | None, typer.Argument(help="The realm (id or name).")] = None,
+    every: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Rotate every matching realm whose key began signing before the cut-off."
+        ),
+    ] = False,
+    algo: Annotated[str | None, typer.Option(help="With --all: only realms of this algo.")] = None,
+    realm_prefix: Annotated[
+        str | None, typer.Option(help="With --all: only realms whose name starts with this.")
+    ] = None,
+    before: Annotated[
+        str | None,
+        typer.Option(
+            help="With --all: the cut-off, RFC 3339 (default: now, or the unfinished rotation's)."
+        ),
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="With --all: rotate without asking first.")
+    ] = False,
+    as_json: Json = False,
+) -> None:
+    """Rotate a realm now: the pending key (or a new one) signs from now on. With --all, rotate
+    every matching realm in batches on the workers, with progress; safe to interrupt and run
+    again (it resumes, and never rotates a realm twice)."""
+    if every:
+        if realm is not None:
+            fail("give a realm or --all, not both")
+        from worker.cli.mass import rotate_all  # Celery and the progress bar: only here
+
+        rotate_all(algo, realm_prefix, before, yes=yes, as_json=as_json)
+        return
+    if realm is None:
+        fail("give a realm to rotate, or --all")
+    if algo is not None or realm_prefix is not None or before is not None or yes:
+        fail("--algo, --realm-prefix, --before and --yes go with --all")
     svc = service()
     change = svc.rotate(realm, force=True)
     view = svc.get_realm(realm)
@@ -366,6 +402,7 @@ def doctor(
 
 cli_events.register(app)
 cli_admin.register(app)
+cli_pool.register(app)
 
 
 def main() -> None:

@@ -28,6 +28,17 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
+def confirm(question: str, *, yes: bool, without_terminal: str) -> None:
+    """Go on when `--yes` was given or a person at a terminal says yes; without a terminal,
+    refuse in one line (`without_terminal`), since nobody is there to answer."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        fail(f"{without_terminal}: confirm at a terminal, or pass --yes")
+    if not typer.confirm(question, err=True):
+        raise typer.Abort()
+
+
 @cache
 def settings() -> Settings:
     from worker.settings import load_settings

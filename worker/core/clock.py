@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from worker.core.errors import InvalidInput
+
 Clock = Callable[[], datetime]
 
 
@@ -15,3 +17,16 @@ def utcnow() -> datetime:
 def rfc3339(value: datetime | None) -> str | None:
     """UTC with a `Z`, microseconds kept: how every timestamp leaves keyrotor."""
     return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """An RFC 3339 timestamp with its offset (`2026-11-30T12:00:00Z`), as UTC."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None:
+        raise InvalidInput(
+            f"{text!r} is not an RFC 3339 timestamp with an offset, like 2026-01-31T12:00:00Z"
+        )
+    return value.astimezone(UTC)

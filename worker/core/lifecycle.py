@@ -236,6 +236,21 @@ def rotate_now(policy: Policy, keys: Sequence[Key], now: datetime) -> Plan:
     return _replace_active(policy, keys, now)
 
 
+def rotate_unless_since(
+    policy: Policy, keys: Sequence[Key], now: datetime, cutoff: datetime
+) -> Plan:
+    """An emergency rotation: `rotate_now` unless the active key began signing at or after
+    `cutoff`, so rotating "everything signing before T" twice rotates each realm once. A
+    pending key made before the cut-off is as exposed as the active one (a leaked database
+    holds both): it is deleted, having signed nothing, and a new key signs instead."""
+    active = _active(keys)
+    if active is not None and active.activated_at is not None and active.activated_at >= cutoff:
+        return []
+    stale = {k.id for k in keys if k.state is State.PENDING and k.created_at < cutoff}
+    fresh = [k for k in keys if k.id not in stale]
+    return [Delete(key_id) for key_id in sorted(stale)] + _replace_active(policy, fresh, now)
+
+
 def create(policy: Policy, keys: Sequence[Key], now: datetime, *, activate: bool) -> Plan:
     """A key made or imported by hand: pending, replacing any pending one, unless `activate`."""
     active = _active(keys)

@@ -1,4 +1,4 @@
-"""The admin API in AuthRocket's shapes: `/v1/jwt_keys` and `/v1/realms`.
+"""The admin API in AuthRocket's shapes: `/v1/jwt_keys`, `/v1/realms` and `/v1/rotations`.
 
 Handlers translate HTTP into service calls and publish each committed change; the rules live
 in the service. Handlers are plain `def`s: FastAPI runs them in its thread pool, where the
@@ -7,11 +7,14 @@ blocking database and Redis calls belong.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import redis
 from fastapi import APIRouter, Depends, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from worker.core.clock import parse_rfc3339
 from worker.core.durations import field_problem, parse_duration
 from worker.core.errors import InvalidInput, NotFound
 from worker.http.auth import AdminPrincipal
@@ -23,13 +26,16 @@ from worker.http.models import (
     JwtKeyPage,
     NewJwtKeyEnvelope,
     NewRealmEnvelope,
+    NewRotationEnvelope,
     Realm,
     RealmPage,
     RealmPolicy,
     RealmPolicyEnvelope,
+    Rotation,
 )
-from worker.service import MAX_RESULTS
-from worker.service.wire import key_json, page_json, realm_json
+from worker.publish.progress import read_progress
+from worker.service import MAX_RESULTS, RotationProgress
+from worker.service.wire import key_json, page_json, realm_json, rotation_json
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -233,3 +239,55 @@ def delete_realm(request: Request, realm: str) -> dict[str, Any]:
     view = ctx.service.delete_realm(clean_ref(realm))
     ctx.published(view.id)
     return realm_json(view)
+
+
+# -- rotations -----------------------------------------------------------------------------------
+
+
+def _before(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_rfc3339(value)
+    except (InvalidInput, OverflowError):
+        raise InvalidInput(
+            "Before must be an RFC 3339 timestamp with an offset, like 2026-01-31T12:00:00Z"
+        ) from None
+
+
+def _redis(request: Request) -> redis.Redis:
+    client = context(request).redis.client()
+    if client is None:
+        raise redis.ConnectionError("no Redis is configured")
+    return client
+
+
+@router.post("/rotations", status_code=202, response_model=Rotation, tags=["rotations"])
+def start_rotation(request: Request, body: NewRotationEnvelope) -> dict[str, Any]:
+    """Rotate every realm that matches `algo` and `realm_prefix` and whose active key began
+    signing before `before` (default: now), in batches on the workers; for an emergency.
+
+    Answers at once, `state` `queued`; `GET /v1/rotations/<id>` follows it. A realm rotated
+    since the cut-off is never rotated again, so the same `before` sent again queues only
+    what is left.
+    """
+    ctx = context(request)
+    fields = body.rotation
+    before = _before(fields.before)
+    _redis(request).ping()  # Redis away: 503 before anything is recorded
+    view = ctx.service.start_rotation(fields.algo, fields.realm_prefix, before)
+    if view.total == 0:
+        ctx.service.mark_queued(view.id, 0)  # nothing to do: done already
+        view = ctx.service.rotation(view.id)
+    else:
+        ctx.send_task("keyrotor.rotate_all", view.id)
+    return rotation_json(view, RotationProgress())
+
+
+@router.get(
+    "/rotations/{rotation_id}", response_model=Rotation, tags=["rotations"], responses=NOT_FOUND
+)
+def get_rotation(request: Request, rotation_id: str) -> dict[str, Any]:
+    """A rotation with its progress so far; `state` is `done` once every batch has reported."""
+    view = context(request).service.rotation(clean_ref(rotation_id))
+    return rotation_json(view, read_progress(_redis(request), view.id))

@@ -173,6 +173,11 @@ def _map_errors(app: FastAPI) -> None:
         log.warning("database unavailable: %s", error.__class__.__name__)
         return errors(503, "Service unavailable: the database does not answer")
 
+    @app.exception_handler(redis.RedisError)
+    def redis_unavailable(_: Request, error: Exception) -> JSONResponse:
+        log.warning("redis unavailable: %s", error.__class__.__name__)
+        return errors(503, "Service unavailable: Redis does not answer")
+
     @app.exception_handler(DataError)
     def data_error(_: Request, error: DataError) -> JSONResponse:
         return errors(422, "Invalid input")

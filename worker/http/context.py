@@ -1,4 +1,5 @@
-"""What every request handler shares: settings, the service, admin keys, Redis, the clock."""
+"""What every request handler shares: settings, the service, admin keys, Redis, the clock,
+and a way to queue tasks."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import redis
 from fastapi import Request
@@ -22,6 +23,9 @@ from worker.publish.relay import Relay
 from worker.service import Service
 from worker.settings import Settings
 from worker.store.admin_keys import AdminKeys
+
+if TYPE_CHECKING:
+    from celery import Celery  # made on first use: a web process that queues nothing never loads it
 
 log = logging.getLogger("keyrotor.http")
 
@@ -186,6 +190,24 @@ class HttpContext:
     recent: Recent = field(default_factory=Recent)
     reading: dict[tuple[str, int], asyncio.Future[Document]] = field(default_factory=dict)
     """JWKS reads in progress, by reference and `Recent` generation (jwks_route.py)."""
+    _tasks: Celery | None = field(default=None, repr=False)
+    _tasks_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def send_task(self, name: str, *args: str) -> None:
+        """Queue a task for the workers, by name, on the configured (or embedded) broker (the
+        Celery app for sending is made on first use); a broker away is a Redis error."""
+        from kombu.exceptions import OperationalError
+
+        from worker.jobs.app import make_app
+
+        with self._tasks_lock:
+            if self._tasks is None:
+                self._tasks = make_app(self.settings, runtime.require_redis_url(self.settings))
+            tasks = self._tasks
+        try:
+            tasks.send_task(name, args=list(args))
+        except OperationalError as error:  # kombu's: the broker does not answer
+            raise redis.ConnectionError(str(error)) from error
 
     def published(self, realm_id: str) -> None:
         """After a commit: publish the realm's JWKS, then relay its events. The change is

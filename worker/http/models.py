@@ -2,7 +2,7 @@
 
 The response models describe what `worker.service.wire` produces, field for field and in
 order (a test checks); they validate answers but build none. Requests use AuthRocket's
-envelopes, `{"jwt_key": {...}}` and `{"realm": {...}}`.
+envelopes, `{"jwt_key": {...}}`, `{"realm": {...}}` and `{"rotation": {...}}`.
 """
 
 from __future__ import annotations
@@ -128,6 +128,53 @@ class RealmPolicyEnvelope(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     realm: RealmPolicy
+
+
+class Rotation(BaseModel):
+    """A `rotate --all` (or `POST /v1/rotations`) and how far its batches have got."""
+
+    id: str = Field(examples=["rot_0vSb3RMdQh1XYEdDoJGh4P"])
+    object: Literal["rotation"]
+    algo: keys.Algo | None = Field(description="Only realms of this algo; null: every algo.")
+    realm_prefix: str | None = Field(
+        description="Only realms whose name starts with this; null: every realm."
+    )
+    before: Timestamp = Field(
+        description="The cut-off: a realm whose active key began signing before it is rotated."
+    )
+    total: int = Field(description="Realms covered when the rotation started.")
+    rotated: int = Field(
+        description="Realms rotated, by this rotation or (since the cut-off) by anything else."
+    )
+    skipped: int = Field(description="Realms gone, or without an active key, when their turn came.")
+    failed: int = Field(description="Realms whose rotation failed; a rerun retries them.")
+    failed_realm_ids: list[str] = Field(description="The failed realms (at most 1,000 of them).")
+    state: Literal["queued", "running", "done"] = Field(
+        description="`done` once every batch has been rotated, published and relayed."
+    )
+    created_at: Timestamp
+
+
+class NewRotation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    algo: str | None = Field(default=None, description=f"Only realms of this algo. {ALGO_HELP}")
+    realm_prefix: str | None = Field(
+        default=None,
+        max_length=100,
+        description="Only realms whose name starts with this (letters, digits, `.`, `_`, `-`).",
+    )
+    before: Timestamp | None = Field(
+        default=None,
+        max_length=64,
+        description="The cut-off, RFC 3339 with an offset, not in the future (default: now).",
+    )
+
+
+class NewRotationEnvelope(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rotation: NewRotation
 
 
 class Health(BaseModel):

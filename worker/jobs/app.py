@@ -23,13 +23,16 @@ RETRY_DELAY_MAX = 120
 RELAY_EVERY = 2.0
 # The outbox retention is days; sweeping it every 10 minutes keeps each run's share small.
 PRUNE_EVERY = 600.0
+POOL_EVERY = 60.0
 
 
 def make_app(settings: Settings, broker_url: str) -> Celery:
     guard_detached_channels()  # a Redis restart must not end the worker (worker/jobs/broker.py)
     tick = settings.tick.total_seconds()
     sweep = min(60.0, tick * 6)
-    app = Celery("keyrotor", broker=broker_url, include=["worker.jobs.tasks"])
+    app = Celery(
+        "keyrotor", broker=broker_url, include=["worker.jobs.tasks", "worker.jobs.mass_rotation"]
+    )
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -58,6 +61,8 @@ def make_app(settings: Settings, broker_url: str) -> Celery:
             # Events are sent right after each commit; this only sweeps what was left behind.
             "relay-events": _every("keyrotor.relay_events", RELAY_EVERY),
             "prune-events": _every("keyrotor.prune_events", PRUNE_EVERY),
+            # Tops the RSA key pool up; a run with a full pool is one small GROUP BY.
+            "fill-key-pool": _every("keyrotor.fill_key_pool", POOL_EVERY),
         },
     )
     return app

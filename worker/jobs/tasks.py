@@ -13,18 +13,22 @@ from functools import cache
 from typing import Any
 
 import redis
+from celery import Task
 from celery.signals import worker_process_init, worker_ready
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from worker import runtime
 from worker.celery import app
-from worker.core.clock import rfc3339
+from worker.core.clock import parse_rfc3339, rfc3339
 from worker.core.errors import NotFound
+from worker.core.keys import POOLED_ALGOS
 from worker.jobs.app import RETRY_DELAY_MAX
 from worker.ops.metrics import count_rotation_failure
+from worker.publish import progress
 from worker.publish.jwks import Publisher, reconcile
 from worker.publish.relay import Relay
 from worker.service import Change, Service
+from worker.service.batch import BatchOutcome
 from worker.settings import Settings, load_settings
 from worker.store import outbox
 
@@ -45,6 +49,10 @@ CLAIM_TICKS = 3
 # prune_events deletes this many events per transaction, and at most this many batches a run,
 # so no run holds a lock for long or outlasts its period; a backlog goes over several runs.
 PRUNE_BATCH = 1000
+# A realm that fails in its batch is retried alone after this many seconds, doubling up to
+# ALONE_RETRIES times (5 s .. 80 s); after that the schedule or `rotate --all` tries again.
+ALONE_AFTER = 5
+ALONE_RETRIES = 4
 PRUNE_BATCHES = 50
 
 
@@ -75,8 +83,10 @@ def _fresh_connections(**_: Any) -> None:
 
 @worker_ready.connect
 def _catch_up(**_: Any) -> None:
-    """A worker that starts (after downtime, or for the first time) publishes what lags."""
+    """A worker that starts (after downtime, or for the first time) publishes what lags and
+    fills the key pool."""
     reconcile_jwks.delay()
+    fill_key_pool.delay()
 
 
 def publish(realm_id: str) -> None:
@@ -85,10 +95,12 @@ def publish(realm_id: str) -> None:
     context().relay.after_commit(realm_id)
 
 
-def report(change: Change | None) -> None:
+def report(change: Change | None, *, published: bool = False) -> None:
+    """Publish a committed change (unless the caller did) and log it."""
     if change is None:
         return
-    publish(change.realm_id)
+    if not published:
+        publish(change.realm_id)
     next_at = rfc3339(change.next_rotation_at)
     # Ids as fields too, so JSON logs can be searched by realm, key or event without parsing.
     fields = {
@@ -131,34 +143,100 @@ def _claim_key(realm_id: str) -> str:
 # bench/README.md: memory). Results are ignored anyway.
 @app.task(name="keyrotor.rotate_due", trail=False, **RETRY)
 def rotate_due() -> int:
-    """Fan out one `rotate_realm` per due realm, walking the index a page at a time."""
+    """Fan out the due realms in `rotate_realms` batches, walking the index a page at a time.
+    Returns how many realms were queued."""
     ctx = context()
     now = ctx.service.clock()
     claim = max(1, math.ceil(CLAIM_TICKS * ctx.settings.tick.total_seconds()))
+    size = ctx.settings.rotate_batch
+    queued: list[str] = []
     sent = 0
     after = None
     while page := ctx.service.due_realm_ids(now, after=after, limit=DUE_PAGE):
+        # A realm already queued is not queued again until its task ends (or the claim
+        # lapses after a crash), so a backlog cannot grow by one message per tick.
+        pipe = ctx.publisher.redis.pipeline(transaction=False)
         for _, realm_id in page:
-            # A realm already queued is not queued again until its task ends (or the claim
-            # lapses after a crash), so a backlog cannot grow by one message per tick.
-            if ctx.publisher.redis.set(_claim_key(realm_id), 1, nx=True, ex=claim):
-                rotate_realm.delay(realm_id)
-                sent += 1
+            pipe.set(_claim_key(realm_id), 1, nx=True, ex=claim)
+        queued += [realm_id for (_, realm_id), new in zip(page, pipe.execute(), strict=True) if new]
+        while len(queued) >= size:
+            rotate_realms.delay(queued[:size])
+            sent, queued = sent + size, queued[size:]
         after = page[-1]
-    return sent
+    if queued:
+        rotate_realms.delay(queued)
+    return sent + len(queued)
 
 
-@app.task(name="keyrotor.rotate_realm", **RETRY)
-def rotate_realm(realm_id: str, force: bool = False) -> None:
-    """Apply what is due (or, with force, rotate now); a realm deleted meanwhile is skipped."""
+@app.task(name="keyrotor.rotate_realms", trail=False, **RETRY)
+def rotate_realms(
+    realm_ids: list[str],
+    force: bool = False,
+    before: str | None = None,
+    rotation_id: str | None = None,
+    batch: int | None = None,
+) -> int:
+    """Rotate a batch of realms in one transaction (what is due; with `force`, now; with
+    `before`, every realm whose active key began signing before that moment), then publish
+    their key sets together and relay their events. A realm that fails is split out and
+    retried alone, with backoff, by `rotate_realm`; the rest commit. Returns the changes."""
+    ctx = context()
+    outcome = BatchOutcome()
+    try:
+        cutoff = parse_rfc3339(before) if before else None
+        outcome = ctx.service.rotate_batch(realm_ids, force=force, before=cutoff)
+        ctx.relay.after_batch(outcome.publications)
+        for change in outcome.changes:
+            report(change, published=True)
+        if rotation_id is not None and batch is not None:  # a batch of `rotate --all`
+            progress.record_batch(
+                ctx.publisher.redis,
+                rotation_id,
+                batch,
+                rotated=[change.realm_id for change in outcome.changes] + outcome.unchanged,
+                skipped=outcome.gone,
+                failed=list(outcome.failed),
+            )
+        for realm_id, why in outcome.failed.items():
+            count_rotation_failure(ctx.publisher.redis)
+            log.error(
+                "rotation of %s failed in its batch (%s); retrying it alone",
+                realm_id,
+                why,
+                extra={"realm_id": realm_id},
+            )
+            rotate_realm.apply_async(
+                (realm_id,),
+                {"force": force, "before": before, "rotation_id": rotation_id},
+                countdown=ALONE_AFTER,
+            )
+    finally:  # a realm retried alone keeps its claim until that task ends
+        released = [realm_id for realm_id in realm_ids if realm_id not in outcome.failed]
+        if released:
+            ctx.publisher.redis.delete(*map(_claim_key, released))
+    return len(outcome.changes)
+
+
+@app.task(name="keyrotor.rotate_realm", bind=True, **RETRY)
+def rotate_realm(self: Task, realm_id: str, force: bool = False, before: str | None = None) -> None:
+    """Apply what is due (with `force`, rotate now; with `before`, rotate unless rotated since
+    then); a realm deleted meanwhile is skipped. A failure is retried with backoff, a few
+    times, before it is left to the next schedule (or the next `rotate --all`)."""
     ctx = context()
     try:
-        report(ctx.service.rotate(realm_id, force=force))
+        cutoff = parse_rfc3339(before) if before else None
+        report(ctx.service.rotate(realm_id, force=force, before=cutoff))
     except NotFound:
         log.info("realm %s is gone; nothing to rotate", realm_id, extra={"realm_id": realm_id})
-    except Exception:
-        count_rotation_failure(ctx.publisher.redis)  # /metrics: keyrotor_rotation_failures
+    except RETRYABLE:
         raise
+    except Exception as error:
+        count_rotation_failure(ctx.publisher.redis)  # /metrics: keyrotor_rotation_failures
+        if self.request.retries >= ALONE_RETRIES:
+            raise
+        raise self.retry(
+            exc=error, countdown=ALONE_AFTER * 2**self.request.retries, max_retries=ALONE_RETRIES
+        ) from error
     finally:
         ctx.publisher.redis.delete(_claim_key(realm_id))
 
@@ -245,3 +323,16 @@ def prune_events() -> int:
             extra={"events_pruned": deleted},
         )
     return deleted
+
+
+@app.task(name="keyrotor.fill_key_pool", **RETRY)
+def fill_key_pool() -> int:
+    """Make RSA keys ahead of need, up to `KEYROTOR_KEY_POOL_SIZE` for each RSA algo and size
+    in use (and the default policy's), so rotations and revocations take one at once."""
+    ctx = context()
+    policy = ctx.settings.default_policy
+    wanted = [(policy.algo, policy.rsa_bits)] if policy.algo in POOLED_ALGOS else []
+    made = ctx.service.fill_pool(ctx.settings.key_pool_size, wanted=wanted)
+    if made:
+        log.info("made %d pooled key(s)", made, extra={"pooled_keys_made": made})
+    return made

@@ -143,26 +143,30 @@ def check_redis(client: redis.Redis, url: str) -> Check:
 
 
 def check_sealed_keys(sessions: sessionmaker[Session], keys: MasterKeys) -> Check:
-    """Every stored private key and HMAC secret opens with the configured master keys."""
-    total, stale, broken = 0, 0, []
-    for page in _pages(queries.sealed_keys, sessions):
-        for row in page:
-            total += 1
-            try:
-                keys.open(row.sealed_secret, realm_id=row.realm_id, key_id=row.id)
-            except SealError:
-                broken.append(row.id)
-                continue
-            stale += not keys.is_current(row.sealed_secret)
+    """Every stored private key and HMAC secret, pooled keys too, opens with the configured
+    master keys."""
+    total, pooled, stale, broken = 0, 0, 0, []
+    for fetch in (queries.sealed_keys, queries.pooled_keys):
+        for page in _pages(fetch, sessions):
+            total += len(page)
+            pooled += len(page) if fetch is queries.pooled_keys else 0
+            for row in page:
+                try:
+                    keys.open(row.sealed_secret, realm_id=row.realm_id, key_id=row.id)
+                except SealError:
+                    broken.append(row.id)
+                    continue
+                stale += not keys.is_current(row.sealed_secret)
+    counted = _count(total, "key") + (f" ({pooled} of them pooled)" if pooled else "")
     if broken:
         return Check(
             "sealed_keys",
             False,
-            f"{len(broken)} of {_count(total, 'key')} do not open with the configured master keys:"
+            f"{len(broken)} of {counted} do not open with the configured master keys:"
             f" {_ids(broken)} (is a master key that sealed them missing from"
             " KEYROTOR_MASTER_KEYS?)",
         )
-    detail = f"{_count(total, 'key')}, every one opens with the configured master keys"
+    detail = f"{counted}, every one opens with the configured master keys"
     if stale:
         detail += f"; {stale} still sealed under an older one (run `keyrotor rewrap`)"
     return Check("sealed_keys", True, detail)

@@ -2,7 +2,8 @@
 
 No family carries a per-realm label: a scrape is the same few dozen lines at ten realms or a
 million, made by one database transaction of a handful of statements (each an index range or
-the planner's statistics, see `worker.store.stats`) and one Redis round trip. What one realm is
+the planner's statistics, see `worker.store.stats`), one GROUP BY over the small key pool, and
+one Redis round trip. What one realm is
 doing is asked of that realm: `keyrotor realms get`, `keyrotor doctor --check overdue`.
 
 Rotations happen in Celery workers, not in the web process that is scraped, so nothing is
@@ -25,6 +26,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
 from worker.client.events import REASONS
+from worker.core.keys import POOLED_ALGOS, RSA_BITS
 from worker.core.lifecycle import State
 from worker.publish.heartbeat import HEARTBEAT_KEY, parse_heartbeat
 from worker.publish.relay import EVENTS_RELAYED
@@ -51,7 +53,8 @@ def _seconds(now: datetime, then: datetime | None) -> float:
 
 
 class KeyrotorCollector(Collector):
-    """One scrape: one read-only transaction and one Redis pipeline, whatever the realms."""
+    """One scrape: one read-only transaction, a count of the key pool and one Redis pipeline,
+    whatever the realms."""
 
     def __init__(
         self,
@@ -133,7 +136,20 @@ class KeyrotorCollector(Collector):
             " (`keyrotor doctor --check jwks` compares each realm).",
         )
         lagging.add_metric([], found.unrelayed.realms)
-        return [keys, realms, overdue, oldest, backlog, lag, lagging]
+        return [keys, realms, overdue, oldest, backlog, lag, lagging, self._pool()]
+
+    def _pool(self) -> Metric:
+        """Every pooled kind, zero or not, so the series stay the same six."""
+        held = self.service.pool_counts()
+        pool = GaugeMetricFamily(
+            "keyrotor_key_pool_keys",
+            "Ready RSA keys in the pool, by algo and size (KEYROTOR_KEY_POOL_SIZE each in use).",
+            labels=["algo", "rsa_bits"],
+        )
+        for algo in sorted(POOLED_ALGOS):
+            for bits in RSA_BITS:
+                pool.add_metric([algo, str(bits)], held.get((algo, bits), 0))
+        return pool
 
     def _redis(self) -> list[Metric]:
         assert self.redis is not None

@@ -8,6 +8,7 @@ is only ever replaced by a newer version, so two publishers racing cannot go bac
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import json
@@ -25,6 +26,7 @@ from worker.core.errors import NotFound
 from worker.service import Publication, Service
 
 log = logging.getLogger("keyrotor.jwks")
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 T = TypeVar("T")
 R = TypeVar("R", bound=tuple[Any, ...])
@@ -55,6 +57,8 @@ VERSIONS_CHUNK = 2000
 RECONCILE_PAGE = 10_000
 # Lagging realms read back and republished together: two queries and one Redis round trip.
 REPUBLISH_BATCH = 500
+# Realm files a batch publication holds locked and open at once (each `.lock` is a descriptor).
+FILES_AT_ONCE = 250
 
 
 def redis_key(realm_id: str) -> str:
@@ -93,8 +97,27 @@ class Publisher:
         document = body(publication.jwks)
         if file:
             self.write_file(publication.realm_id, publication.jwks_version, document)
-        if not cache:
-            return
+        if cache:
+            self._cache(publication, document, pipe)
+
+    def publish_many(self, publications: Sequence[Publication]) -> None:
+        """Publish many realms (a rotation batch): every file written and made durable in one
+        pass (`write_files`), then every Redis copy in one round trip."""
+        documents = [body(publication.jwks) for publication in publications]
+        self.write_files(
+            [
+                (p.realm_id, p.jwks_version, doc)
+                for p, doc in zip(publications, documents, strict=True)
+            ]
+        )
+        pipe = self.redis.pipeline(transaction=False)
+        for publication, document in zip(publications, documents, strict=True):
+            self._cache(publication, document, pipe)
+        pipe.execute()
+
+    def _cache(
+        self, publication: Publication, document: bytes, pipe: redis.client.Pipeline | None
+    ) -> None:
         self._set_if_newer(
             client=pipe,
             keys=[redis_key(publication.realm_id)],
@@ -149,11 +172,11 @@ class Publisher:
     def write_file(self, realm_id: str, version: int, document: bytes) -> bool:
         """Atomically replace jwks.json unless a newer one is there, then `.version`.
 
-        jwks.json is durable before `.version` is even renamed (fsync of the file, rename,
+        jwks.json is durable before `.version` is even written (fsync of the file, rename,
         fsync of the folder), so `.version` never claims a file a crash could lose. `.version`
-        itself is only renamed into place: after a crash it may lag or be unreadable, and
-        reconcile then writes the realm again, which is harmless (and saves a millisecond of
-        fsync on every publication).
+        itself is only overwritten in place, not synced: after a crash it may lag or be
+        unreadable, and reconcile then writes the realm again, which is harmless (and saves a
+        millisecond of fsync, and a file created and renamed, on every publication).
         """
         folder = self.jwks_dir / realm_id
         folder.mkdir(parents=True, exist_ok=True)
@@ -162,8 +185,55 @@ class Publisher:
             if self.file_version(realm_id) >= version:
                 return False
             _replace(folder / "jwks.json", document, durable=True)
-            _replace(folder / ".version", str(version).encode(), durable=False)
+            _write_version(folder, version)
             return True
+
+    def write_files(self, documents: Sequence[tuple[str, int, bytes]]) -> int:
+        """`write_file` for many realms, (realm id, version, document) each, with one
+        filesystem sync for the data and one for the renames of up to FILES_AT_ONCE files,
+        instead of two fsyncs per file. Each jwks.json is still replaced by a rename, so a
+        reader or a crash sees the old file or the new one, never a torn one. Returns how many
+        were written."""
+        ordered = sorted(documents, key=lambda d: d[0])  # locks in id order: no deadlock
+        return sum(
+            self._write_some(ordered[start : start + FILES_AT_ONCE])
+            for start in range(0, len(ordered), FILES_AT_ONCE)
+        )
+
+    def _write_some(self, documents: Sequence[tuple[str, int, bytes]]) -> int:
+        with contextlib.ExitStack() as held:
+            writing = []
+            for realm_id, version, document in documents:
+                folder = self.jwks_dir / realm_id
+                folder.mkdir(parents=True, exist_ok=True)
+                lock = held.enter_context(open(folder / ".lock", "a"))
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if self.file_version(realm_id) >= version:
+                    continue
+                temporary = _temporary(folder / "jwks.json")
+                temporary.write_bytes(document)
+                writing.append((folder, version, temporary))
+            if not writing:
+                return 0
+            _sync_filesystem(self.jwks_dir)
+            for folder, _, temporary in writing:
+                os.replace(temporary, folder / "jwks.json")
+            _sync_filesystem(self.jwks_dir)
+            for folder, version, _ in writing:
+                _write_version(folder, version)
+            return len(writing)
+
+
+def _write_version(folder: Path, version: int) -> None:
+    """Overwrite `.version` in place, at a fixed width (so no longer old number shows
+    through): an eighth of the cost of a new file renamed over it. Only the holder of the
+    realm's lock writes it, after jwks.json is in place; a reader racing the write may see a
+    mix of the two numbers, which at worst costs one more publication."""
+    handle = os.open(folder / ".version", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(handle, f"{version:020d}\n".encode(), 0)
+    finally:
+        os.close(handle)
 
 
 def _read_version(path: str, folder: int | None = None) -> int:
@@ -184,7 +254,7 @@ def _read_version(path: str, folder: int | None = None) -> int:
 def _replace(path: Path, data: bytes, *, durable: bool) -> None:
     """Write a temporary file and rename it over `path`: readers see the old or the new, never
     a part. `durable` also survives a crash (fsync of the file, then of its folder)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = _temporary(path)
     with open(temporary, "wb") as handle:
         handle.write(data)
         if durable:
@@ -197,6 +267,21 @@ def _replace(path: Path, data: bytes, *, durable: bool) -> None:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _sync_filesystem(folder: Path) -> None:
+    """Flush the filesystem holding `folder` to disk: Linux's syncfs, else a whole sync."""
+    syncfs = getattr(_LIBC, "syncfs", None)
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        if syncfs is None or syncfs(handle) != 0:
+            os.sync()
+    finally:
+        os.close(handle)
 
 
 def publish_realm(service: Service, publisher: Publisher, realm_id: str) -> bool:

@@ -1,7 +1,8 @@
 """The service, the only writer of realms and keys, and the typed values it hands back.
 
-One module per job: `realms`, `keys`, `rotation`, `publication`, `rewrap`; every write of key
-state goes through `writer`. `views` holds the values returned, `wire` their AuthRocket JSON.
+One module per job: `realms`, `keys`, `rotation`, `publication`, `rewrap`, `mass` (`rotate
+--all`); every write of key state goes through `writer`. `views` holds the values returned,
+`wire` their AuthRocket JSON.
 """
 
 from __future__ import annotations
@@ -9,7 +10,15 @@ from __future__ import annotations
 from worker.service.base import MAX_RESULTS
 from worker.service.policy import Limits, check_policy, policy_of
 from worker.service.service import Service
-from worker.service.views import Change, KeyView, Page, Publication, RealmView
+from worker.service.views import (
+    Change,
+    KeyView,
+    Page,
+    Publication,
+    RealmView,
+    RotationProgress,
+    RotationView,
+)
 
 __all__ = [
     "MAX_RESULTS",
@@ -19,6 +28,8 @@ __all__ = [
     "Page",
     "Publication",
     "RealmView",
+    "RotationProgress",
+    "RotationView",
     "Service",
     "check_policy",
     "policy_of",

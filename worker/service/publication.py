@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -11,7 +11,7 @@ from sqlalchemy import select
 from worker.core import keys, lifecycle
 from worker.core.errors import NotFound
 from worker.core.keys import ActiveKey
-from worker.core.lifecycle import State
+from worker.core.lifecycle import Key, Policy, State
 from worker.service.base import ServiceBase, core_key
 from worker.service.policy import policy_of
 from worker.service.views import Publication
@@ -73,12 +73,36 @@ class Publishing(ServiceBase):
 
 
 def _publication(realm: Realm, rows: Sequence[JwtKey]) -> Publication:
-    """The public key set of a realm from its keys in (created_at, id) order: pending, active,
-    in grace; HMAC keys have no public half and are never listed."""
+    return publication_of(
+        realm.id,
+        realm.name,
+        realm.jwks_version,
+        policy_of(realm),
+        [core_key(row) for row in rows],
+        {row.id: (row.algo, row.public_pem) for row in rows},
+    )
+
+
+def publication_of(
+    realm_id: str,
+    realm_name: str,
+    jwks_version: int,
+    policy: Policy,
+    current: Sequence[Key],
+    public: Mapping[str, tuple[str, str | None]],
+) -> Publication:
+    """The public key set of a realm from its keys in (created_at, id) order, `public` giving
+    each key's (algo, public PEM): pending, active, in grace; HMAC keys have no public half
+    and are never listed."""
+    members = []
+    for key in sorted(current, key=lambda k: (k.created_at, k.id)):
+        algo, pem = public[key.id]
+        if pem:
+            members.append(keys.public_jwk(algo, key.id, pem))
     return Publication(
-        realm_id=realm.id,
-        realm_name=realm.name,
-        jwks={"keys": [keys.public_jwk(r.algo, r.id, r.public_pem) for r in rows if r.public_pem]},
-        jwks_version=realm.jwks_version,
-        next_change_at=lifecycle.next_jwks_change_at(policy_of(realm), [core_key(r) for r in rows]),
+        realm_id=realm_id,
+        realm_name=realm_name,
+        jwks={"keys": members},
+        jwks_version=jwks_version,
+        next_change_at=lifecycle.next_jwks_change_at(policy, current),
     )

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import chain
+from typing import TypeVar
 
 from sqlalchemy import func, select
 
+from worker.core import keys
+from worker.core.errors import SealError
 from worker.service.base import ServiceBase
 from worker.store.db import transaction
-from worker.store.models import JwtKey
+from worker.store.models import JwtKey, PooledKey
+
+Sealed = TypeVar("Sealed", JwtKey, PooledKey)
 
 
 class Rewrapping(ServiceBase):
@@ -17,31 +23,57 @@ class Rewrapping(ServiceBase):
     def rewrap(
         self, *, batch: int = 200, progress: Callable[[int, int], None] | None = None
     ) -> int:
-        """Re-seal every secret under the first master key, a committed batch at a time.
+        """Re-seal every secret, realm keys then pooled keys, under the first master key, a
+        committed batch at a time.
 
         Interrupted, it resumes where it stopped: keys already under the first master key are
         skipped. Returns how many keys it re-sealed.
         """
         with transaction(self.sessions, read_only=True) as session:
-            total = int(session.scalar(select(func.count()).select_from(JwtKey)) or 0)
+            total = sum(
+                int(session.scalar(select(func.count()).select_from(model)) or 0)
+                for model in (JwtKey, PooledKey)
+            )
         done = rewrapped = 0
-        after = ""
-        while True:
-            with transaction(self.sessions) as session:
-                rows = list(
-                    session.scalars(
-                        select(JwtKey).where(JwtKey.id > after).order_by(JwtKey.id).limit(batch)
-                    )
-                )
-                for row in rows:
-                    if not self.master_keys.is_current(row.sealed_secret):
-                        row.sealed_secret = self.master_keys.rewrap(
-                            row.sealed_secret, realm_id=row.realm_id, key_id=row.id
-                        )
-                        rewrapped += 1
-            if not rows:
-                return rewrapped
-            after = rows[-1].id
-            done += len(rows)
+        pages = chain(self._rewrap_pages(JwtKey, batch), self._rewrap_pages(PooledKey, batch))
+        for read, resealed in pages:
+            done += read
+            rewrapped += resealed
             if progress is not None:
                 progress(done, total)
+        return rewrapped
+
+    def _rewrap_pages(self, model: type[Sealed], batch: int) -> Iterator[tuple[int, int]]:
+        """One table's rows in id order, a committed batch at a time; yields (read, re-sealed).
+
+        Each batch locks its rows, so a key purged or taken from the pool meanwhile is waited
+        for and left out, not written back. A pooled key that does not open is deleted (a realm
+        key is not: that is an error): it never signed anything, and the pool refills.
+        """
+        after = ""
+        while True:
+            resealed = 0
+            with transaction(self.sessions) as session:
+                query = select(model).where(model.id > after).order_by(model.id).limit(batch)
+                rows = list(session.scalars(query.with_for_update()))
+                for row in rows:
+                    if self.master_keys.is_current(row.sealed_secret):
+                        continue
+                    try:
+                        row.sealed_secret = self.master_keys.rewrap(
+                            row.sealed_secret, realm_id=_sealed_for(row), key_id=row.id
+                        )
+                        resealed += 1
+                    except SealError:
+                        if isinstance(row, JwtKey):
+                            raise
+                        session.delete(row)
+            if not rows:
+                return
+            after = rows[-1].id
+            yield len(rows), resealed
+
+
+def _sealed_for(row: JwtKey | PooledKey) -> str:
+    """The realm id a row's secret is sealed with: its realm's, or the pool's."""
+    return row.realm_id if isinstance(row, JwtKey) else keys.POOL_REALM

@@ -9,7 +9,7 @@ from sqlalchemy import select, tuple_
 from worker.core import lifecycle
 from worker.core.lifecycle import Key, Plan, Policy, State
 from worker.service.views import Change
-from worker.service.writer import Writer
+from worker.service.writer import Writer, plan_maker
 from worker.store.db import transaction
 from worker.store.models import JwtKey, Realm
 
@@ -17,14 +17,15 @@ from worker.store.models import JwtKey, Realm
 class Rotation(Writer):
     """What beat and the rotation tasks call; each realm is changed in its own transaction."""
 
-    def rotate(self, realm_ref: str, *, force: bool = False) -> Change | None:
-        """Apply what is due now; with `force`, rotate now whatever the schedule says."""
+    def rotate(
+        self, realm_ref: str, *, force: bool = False, before: datetime | None = None
+    ) -> Change | None:
+        """Apply what is due now; with `force`, rotate now whatever the schedule says; with
+        `before`, rotate now unless the active key began signing since that cut-off."""
         now = self.clock()
         with transaction(self.sessions) as session:
             realm = self._realm(session, realm_ref, lock=True)
-            return self._apply(
-                session, realm, lifecycle.rotate_now if force else lifecycle.due, now
-            )
+            return self._apply(session, realm, plan_maker(force=force, before=before), now)
 
     def due_realm_ids(
         self, now: datetime, *, after: tuple[datetime, str] | None = None, limit: int = 500

@@ -6,12 +6,13 @@ object built from the database, the master keys, the policy limits and a clock.
 
 from __future__ import annotations
 
+from worker.service.batch import BatchRotation
 from worker.service.keys import JwtKeys
-from worker.service.publication import Publishing
+from worker.service.mass import MassRotations
 from worker.service.realms import Realms
 from worker.service.rewrap import Rewrapping
-from worker.service.rotation import Rotation
 
 
-class Service(Realms, JwtKeys, Rotation, Publishing, Rewrapping):
-    """Realm and key CRUD, rotation and purge, publication and signing keys, rewrap."""
+class Service(Realms, JwtKeys, BatchRotation, Rewrapping, MassRotations):
+    """Realm and key CRUD, rotation (a realm or a batch at a time) and purge, publication
+    and signing keys, rewrap, the pool of ready RSA keys."""

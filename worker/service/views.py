@@ -81,3 +81,43 @@ class Publication:
     jwks: dict[str, Any]
     jwks_version: int
     next_change_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RotationProgress:
+    """How far a `rotate --all` has got, as its batches report it (kept in Redis by
+    `worker.publish.progress`; here so that `wire` can show it with the record)."""
+
+    batches: int = 0
+    rotated: int = 0
+    skipped: int = 0
+    failed: int = 0
+    failed_realm_ids: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        """Realms with an outcome: what a progress bar counts."""
+        return self.rotated + self.skipped + self.failed
+
+
+@dataclass(frozen=True)
+class RotationView:
+    """One `rotate --all` as stored: its filters and cut-off, how many realms it covered when
+    it began, and how many batches it queued (None until the fan-out has queued them all)."""
+
+    id: str
+    algo: str | None
+    realm_prefix: str | None
+    before: datetime
+    total: int
+    batches: int | None
+    created_at: datetime
+    queued_at: datetime | None
+
+    def state(self, progress: RotationProgress) -> str:
+        """`queued` until work starts, `running`, then `done` once every batch has reported."""
+        if self.batches is not None and progress.batches >= self.batches:
+            return "done"
+        if self.batches is not None or progress.batches:
+            return "running"
+        return "queued"

@@ -1,4 +1,4 @@
-"""AuthRocket's JSON for realms, keys and pages: the one producer of that shape.
+"""AuthRocket's JSON for realms, keys, pages and rotations: the one producer of that shape.
 
 The HTTP admin API answers with it and the CLI prints it for `--json`; `worker.http.models`
 describes the same shape for OpenAPI. Timestamps are RFC 3339 in UTC, durations whole seconds.
@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from worker.core.clock import rfc3339
-from worker.service.views import KeyView, Page, RealmView
+from worker.service.views import KeyView, Page, RealmView, RotationProgress, RotationView
 
 
 def realm_json(view: RealmView) -> dict[str, Any]:
@@ -56,6 +56,24 @@ def page_json(page: Page[RealmView] | Page[KeyView]) -> dict[str, Any]:
     return {
         "more_results": page.more_results,
         "collection": [view_json(v) for v in page.collection],
+    }
+
+
+def rotation_json(view: RotationView, progress: RotationProgress) -> dict[str, Any]:
+    """A `rotate --all` record with how far its batches have got."""
+    return {
+        "id": view.id,
+        "object": "rotation",
+        "algo": view.algo,
+        "realm_prefix": view.realm_prefix,
+        "before": rfc3339(view.before),
+        "total": view.total,
+        "rotated": progress.rotated,
+        "skipped": progress.skipped,
+        "failed": progress.failed,
+        "failed_realm_ids": list(progress.failed_realm_ids),
+        "state": view.state(progress),
+        "created_at": rfc3339(view.created_at),
     }
 
 

@@ -11,43 +11,71 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker.core import ids, keys, lifecycle
 from worker.core.lifecycle import Key, Plan, Policy, State
-from worker.service.base import ServiceBase, core_key
+from worker.service.base import core_key
 from worker.service.policy import policy_of
+from worker.service.pool import KeyPool
 from worker.service.views import Change
 from worker.store.models import Event, JwtKey, Realm
 
 PlanMaker = Callable[[Policy, list[Key], datetime], Plan]
 
 
+class RealmLike(Protocol):
+    """A realm as a row or a mapped object: what a `Change` is made from."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def jwks_version(self) -> int: ...
+    @property
+    def next_rotation_at(self) -> datetime: ...
+
+
+def plan_maker(*, force: bool = False, before: datetime | None = None) -> PlanMaker:
+    """What a rotation applies: the schedule; with `force`, a rotation now; with `before`, a
+    rotation now unless the active key began signing since that cut-off."""
+    if before is not None:
+        return partial(lifecycle.rotate_unless_since, cutoff=before)
+    return lifecycle.rotate_now if force else lifecycle.due
+
+
 @dataclass(frozen=True)
 class Transition:
-    """A realm's key rows as read under the lock, the keys before and after the plan, and the
-    kept keys whose state or moments move (read before any of them is written)."""
+    """A realm's keys before and after a plan, and the kept keys whose state or moments move."""
 
-    rows: dict[str, JwtKey]
     before: list[Key]
     after: list[Key]
     changed: list[Key]
 
     @classmethod
-    def of(cls, rows: dict[str, JwtKey], before: list[Key], after: list[Key]) -> Transition:
+    def of(cls, before: list[Key], after: list[Key]) -> Transition:
         """Retirements sort first: the one-active-key index must hold after every statement."""
-        moved = (k for k in after if k.id in rows and k != core_key(rows[k.id]))
-        return cls(rows, before, after, sorted(moved, key=lambda k: k.state is State.ACTIVE))
+        was = {k.id: k for k in before}
+        moved = (k for k in after if k.id in was and k != was[k.id])
+        return cls(before, after, sorted(moved, key=lambda k: k.state is State.ACTIVE))
 
     def created(self) -> list[Key]:
-        return [k for k in self.after if k.id not in self.rows]
+        was = {k.id for k in self.before}
+        return [k for k in self.after if k.id not in was]
+
+    def removed(self) -> list[str]:
+        return sorted({k.id for k in self.before} - {k.id for k in self.after})
 
     def touched(self, now: datetime) -> list[str]:
         """Every key added, removed or changed, oldest first (a removed key sorts as `now`)."""
         after_by_id = {k.id: k for k in self.after}
-        touched = (self.rows.keys() ^ after_by_id.keys()) | {k.id for k in self.changed}
+        was = {k.id for k in self.before}
+        touched = (was ^ after_by_id.keys()) | {k.id for k in self.changed}
         return sorted(
             touched, key=lambda k: (after_by_id[k].created_at if k in after_by_id else now, k)
         )
@@ -59,7 +87,7 @@ class Transition:
         return (active, previous) if active != previous else (None, None)
 
 
-class Writer(ServiceBase):
+class Writer(KeyPool):
     """Writes key state, `jwks_version` and the outbox event of one locked realm."""
 
     def _apply(
@@ -81,25 +109,32 @@ class Writer(ServiceBase):
         policy = policy_of(realm)
         before = [core_key(row) for row in rows.values()]
         plan = make_plan(policy, before, now)
-        step = Transition.of(rows, before, lifecycle.apply(before, plan, now, _new_key_ids()))
+        step = Transition.of(before, lifecycle.apply(before, plan, now, new_key_ids()))
         realm.next_rotation_at = lifecycle.next_due_at(policy, step.after)
         if not plan and reason is None:
             return None
-        _remove_gone(session, step)
-        _update_kept(session, step)
+        _remove_gone(session, rows, step)
+        _update_kept(session, rows, step)
         self._insert_new(session, realm, step, material)
         realm.jwks_version += 1
         realm.updated_at = now
         why = reason or lifecycle.reason(plan)
         touched = step.touched(now)
-        return _change(realm, why, step, touched, self._event(session, realm, why, touched, now))
+        event_id = self._event(session, realm, why, touched, now)
+        return change_of(realm, why, step, touched, event_id)
 
     def _insert_new(
         self, session: Session, realm: Realm, step: Transition, material: keys.KeyMaterial | None
     ) -> None:
-        """New keys in plan order; `material` serves the first, the rest are generated."""
-        for key in step.created():
-            made = material or keys.generate(realm.algo, realm.rsa_bits)
+        """New keys in plan order; `material` serves the first, the rest come from the pool
+        (RSA) or are generated when it has none left."""
+        created = step.created()
+        wanted = len(created) - (material is not None)
+        pooled = self._take_pooled(session, realm.algo, realm.rsa_bits, wanted)
+        for key in created:
+            made = material or (
+                pooled.pop() if pooled else keys.generate(realm.algo, realm.rsa_bits)
+            )
             material = None
             row = JwtKey(
                 id=key.id,
@@ -109,7 +144,7 @@ class Writer(ServiceBase):
                 public_pem=made.public_pem,
                 sealed_secret=self.master_keys.seal(made.secret, realm_id=realm.id, key_id=key.id),
             )
-            _write_state(row, key)
+            write_state(row, key)
             session.add(row)
             session.flush()
 
@@ -132,24 +167,24 @@ class Writer(ServiceBase):
         return event_id
 
 
-def _remove_gone(session: Session, step: Transition) -> None:
+def _remove_gone(session: Session, rows: dict[str, JwtKey], step: Transition) -> None:
     """Deletes go first: a revoked active key must be gone before its successor arrives."""
-    kept = {k.id for k in step.after}
-    for key_id in step.rows.keys() - kept:
-        session.delete(step.rows[key_id])
+    for key_id in step.removed():
+        session.delete(rows[key_id])
     session.flush()
 
 
-def _update_kept(session: Session, step: Transition) -> None:
+def _update_kept(session: Session, rows: dict[str, JwtKey], step: Transition) -> None:
     """One statement per key, retirements first, so no flush sees two active keys."""
     for key in step.changed:
-        _write_state(step.rows[key.id], key)
+        write_state(rows[key.id], key)
         session.flush()
 
 
-def _change(
-    realm: Realm, reason: str, step: Transition, touched: list[str], event_id: str
+def change_of(
+    realm: RealmLike, reason: str, step: Transition, touched: list[str], event_id: str
 ) -> Change:
+    """What the shells are told of one realm's committed change."""
     activated, retired = step.handover()
     return Change(
         realm_id=realm.id,
@@ -165,12 +200,12 @@ def _change(
     )
 
 
-def _new_key_ids() -> Iterator[str]:
+def new_key_ids() -> Iterator[str]:
     while True:
         yield ids.key_id()
 
 
-def _write_state(row: JwtKey, key: Key) -> None:
+def write_state(row: JwtKey, key: Key) -> None:
     row.state = key.state.value
     row.created_at = key.created_at
     row.activated_at = key.activated_at

@@ -1,5 +1,5 @@
-"""Read-only queries for `keyrotor doctor`: keyset pages over every key and realm, the age
-of the outbox backlog, the realms overdue. No rules, no writes."""
+"""Read-only queries for `keyrotor doctor`: keyset pages over every key (pooled ones too) and
+realm, the age of the outbox backlog, the realms overdue. No rules, no writes."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from worker.core.keys import POOL_REALM
 from worker.store.db import transaction
-from worker.store.models import Event, JwtKey, Realm
+from worker.store.models import Event, JwtKey, PooledKey, Realm
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,20 @@ def sealed_keys(
     )
     with transaction(sessions, read_only=True) as session:
         return [SealedKey(*row) for row in session.execute(query)]
+
+
+def pooled_keys(
+    sessions: sessionmaker[Session], *, after: str = "", limit: int = 500
+) -> list[SealedKey]:
+    """The key pool's sealed secrets, each with the realm id it is sealed with."""
+    query = (
+        select(PooledKey.id, PooledKey.sealed_secret)
+        .where(PooledKey.id > after)
+        .order_by(PooledKey.id)
+        .limit(limit)
+    )
+    with transaction(sessions, read_only=True) as session:
+        return [SealedKey(key_id, POOL_REALM, sealed) for key_id, sealed in session.execute(query)]
 
 
 def realms(sessions: sessionmaker[Session], *, after: str = "", limit: int = 500) -> list[Realm]:

@@ -1,0 +1,60 @@
+"""`keyrotor.rotate_all` through a real worker: one `rotate_realms` batch per keyset page of the
+realms a rotation covers, the rotation marked queued, and a duplicated fan-out harmless."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.support.stack import Stack, make_stack, wait_for
+from worker.publish.progress import Fanout, read_fanout
+from worker.store.db import transaction
+from worker.store.models import Event
+
+
+@pytest.fixture
+def stack(tmp_path: Path, database_url: str, redis_url: str) -> Iterator[Stack]:
+    """Batches of two realms, so a handful of realms makes several batches."""
+    stack = make_stack(tmp_path, database_url, redis_url, rotate_batch="2")
+    try:
+        yield stack
+    finally:
+        stack.close()
+
+
+def rotations(stack: Stack) -> dict[str, int]:
+    """`key.rotated` events by realm id."""
+    query = (
+        select(Event.realm_id, func.count())
+        .where(Event.reason == "key.rotated")
+        .group_by(Event.realm_id)
+    )
+    with transaction(stack.service.sessions, read_only=True) as session:
+        return {realm_id: count for realm_id, count in session.execute(query)}
+
+
+def test_the_fan_out_queues_each_page_once_and_marks_the_rotation_queued(stack: Stack) -> None:
+    covered = sorted(stack.service.create_realm(f"r{number}").id for number in range(5))
+    stack.service.create_realm("other")
+    rotation = stack.service.start_rotation(None, "r", None)
+    assert rotation.total == 5
+    stack.worker("w1")
+
+    stack.send("keyrotor.rotate_all", rotation.id)
+    stack.send("keyrotor.rotate_all", rotation.id)  # a duplicated message
+
+    wait_for(lambda: stack.service.rotation(rotation.id).batches == 3, 30, "the fan-out")
+    wait_for(lambda: sorted(rotations(stack)) == covered, 30, "every batch")
+    assert read_fanout(stack.redis, rotation.id) == Fanout(3, "", finished=True)
+    assert stack.service.rotation(rotation.id).queued_at is not None
+    assert rotations(stack) == dict.fromkeys(covered, 1)
+    assert "rotation " + rotation.id + ": 3 batches queued" in stack.log("w1")
+
+
+def test_an_unknown_rotation_queues_nothing(stack: Stack) -> None:
+    stack.worker("w1")
+    stack.send("keyrotor.rotate_all", "rot_nothere")
+    wait_for(lambda: "rot_nothere is not recorded" in stack.log("w1"), 15, "the warning")
