@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
+from tests.jobs.test_batches import rotations
 from tests.support.stack import Stack, make_stack, wait_for
 from worker.core.clock import rfc3339, utcnow
 from worker.store import outbox
 from worker.store.db import transaction
-from worker.store.models import Event, MassRotation
+from worker.store.models import MassRotation
 
 KEYROTOR = Path(sys.executable).parent / "keyrotor"
 PAUSED_WORKER = Path(__file__).parents[1] / "support" / "paused_worker.py"
@@ -64,17 +65,6 @@ def refused(result: subprocess.CompletedProcess[str], fragment: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     assert fragment in lines[0], lines[0]
     assert result.stdout == ""
-
-
-def rotations(stack: Stack) -> dict[str, int]:
-    """`key.rotated` events by realm id: one per rotation."""
-    query = (
-        select(Event.realm_id, func.count())
-        .where(Event.reason == "key.rotated")
-        .group_by(Event.realm_id)
-    )
-    with transaction(stack.service.sessions, read_only=True) as session:
-        return {realm_id: count for realm_id, count in session.execute(query)}
 
 
 def records(stack: Stack) -> list[str]:

@@ -7,12 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
 
+from tests.jobs.test_batches import rotations
 from tests.support.stack import Stack, make_stack, wait_for
 from worker.publish.progress import Fanout, read_fanout
-from worker.store.db import transaction
-from worker.store.models import Event
 
 
 @pytest.fixture
@@ -23,17 +21,6 @@ def stack(tmp_path: Path, database_url: str, redis_url: str) -> Iterator[Stack]:
         yield stack
     finally:
         stack.close()
-
-
-def rotations(stack: Stack) -> dict[str, int]:
-    """`key.rotated` events by realm id."""
-    query = (
-        select(Event.realm_id, func.count())
-        .where(Event.reason == "key.rotated")
-        .group_by(Event.realm_id)
-    )
-    with transaction(stack.service.sessions, read_only=True) as session:
-        return {realm_id: count for realm_id, count in session.execute(query)}
 
 
 def test_the_fan_out_queues_each_page_once_and_marks_the_rotation_queued(stack: Stack) -> None:

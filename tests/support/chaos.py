@@ -606,13 +606,17 @@ class Chaos:
 
     def _duplicate(self, rng: random.Random) -> None:
         """Messages a beat or a redelivery could have sent: rotations of realms that may not be
-        due, and the beat tasks themselves."""
+        due, alone and in two overlapping batches, and the beat tasks themselves."""
         sent = 0
         with contextlib.suppress(Exception):  # Redis may be restarting: count what went out
             for realm_id in rng.sample(self.realm_ids, 3):
                 self.stack.send("keyrotor.rotate_realm", realm_id)
                 self.stack.send("keyrotor.rotate_realm", realm_id)
                 sent += 2
+            batch = rng.sample(self.realm_ids, 20)
+            self.stack.send("keyrotor.rotate_realms", batch)
+            self.stack.send("keyrotor.rotate_realms", batch[10:] + rng.sample(self.realm_ids, 10))
+            sent += 2
             for task in ("keyrotor.rotate_due", "keyrotor.purge_expired", "keyrotor.relay_events"):
                 self.stack.send(task)
                 sent += 1

@@ -147,12 +147,17 @@ def _follow(svc: Service, client: redis.Redis, view: RotationView) -> RotationVi
     )
     with Progress(*columns, console=err, transient=False) as bar:
         task = bar.add_task(f"rotating realms ({view.id})", total=view.total)
+        relay = runtime.relay(settings(), svc, client)
         while True:
             view = svc.rotation(view.id)
             reported = read_progress(client, view.id)
             bar.update(task, completed=reported.done)
-            if view.state(reported) == "done" and outbox.count_unpublished(svc.sessions) == 0:
-                return view
+            if view.state(reported) == "done":
+                # Each batch relays its own events; what waits on another's JWKS, or on beat's
+                # sweep, is sent from here, so the command ends when the outbox is empty.
+                relay.relay_all()
+                if outbox.count_unpublished(svc.sessions) == 0:
+                    return view
             time.sleep(POLL_SECONDS)
 
 

@@ -14,65 +14,20 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from functools import cache
-from typing import Any
 
-import redis
-from celery.signals import worker_process_init
-from kombu.exceptions import OperationalError as BrokerError
-from sqlalchemy.exc import InterfaceError, OperationalError
-
-from worker import runtime
 from worker.celery import app
 from worker.core.clock import rfc3339
 from worker.core.errors import NotFound
-from worker.jobs.app import RETRY_DELAY_MAX
+from worker.jobs.tasks import RETRY, Context, context
 from worker.publish import progress
 from worker.publish.progress import Fanout
-from worker.service import RotationView, Service
-from worker.settings import Settings, load_settings
+from worker.service import RotationView
 
 log = logging.getLogger("keyrotor.mass_rotation")
 
-RETRY: dict[str, Any] = {
-    "autoretry_for": (
-        OperationalError,
-        InterfaceError,
-        redis.ConnectionError,
-        redis.TimeoutError,
-        BrokerError,
-    ),
-    "retry_backoff": 1,
-    "retry_backoff_max": RETRY_DELAY_MAX,
-    "retry_jitter": True,
-    "max_retries": None,
-}
 # A run queues batches for this long at most, then sends itself again to go on from its
 # cursor, so no run nears the task time limit however many realms there are.
 SLICE_SECONDS = 60.0
-
-
-@dataclass(frozen=True)
-class Context:
-    settings: Settings
-    service: Service
-    redis: redis.Redis
-
-
-@cache
-def context() -> Context:
-    """Built once per worker process, after the fork (so no connection crosses it)."""
-    settings = load_settings()
-    client = runtime.redis_client(runtime.require_redis_url(settings))
-    return Context(settings, runtime.build_service(settings), client)
-
-
-@worker_process_init.connect
-def _fresh_connections(**_: Any) -> None:
-    context.cache_clear()
-    runtime.engine.cache_clear()
-    runtime.redis_client.cache_clear()
 
 
 # trail=False: no result handle kept per message sent (see `rotate_due` in tasks.py).
@@ -88,10 +43,10 @@ def rotate_all(rotation_id: str, resend: bool = False) -> int:
         log.warning("rotation %s is not recorded; nothing to queue", rotation_id)
         return 0
     before = rfc3339(rotation.before)
-    cursor = progress.read_fanout(ctx.redis, rotation_id)
+    cursor = progress.read_fanout(ctx.publisher.redis, rotation_id)
     queued = resend_unreported(ctx, rotation_id, cursor.next_batch, before) if resend else 0
     if cursor.finished:
-        reported = progress.read_progress(ctx.redis, rotation_id, failed_ids=None)
+        reported = progress.read_progress(ctx.publisher.redis, rotation_id, failed_ids=None)
         if reported.batches < cursor.next_batch:  # its batches are still on their way
             ctx.service.mark_queued(rotation_id, cursor.next_batch)
             return queued
@@ -99,15 +54,15 @@ def rotate_all(rotation_id: str, resend: bool = False) -> int:
         cursor = Fanout(cursor.next_batch)  # a new pass, over the realms still left
     deadline = time.monotonic() + SLICE_SECONDS
     while ids := ctx.service.matching_realm_ids(rotation, cursor.after, ctx.settings.rotate_batch):
-        progress.save_batch(ctx.redis, rotation_id, cursor.next_batch, ids)
+        progress.save_batch(ctx.publisher.redis, rotation_id, cursor.next_batch, ids)
         send_batch(rotation_id, cursor.next_batch, ids, before)
         cursor = Fanout(cursor.next_batch + 1, ids[-1])
-        progress.save_fanout(ctx.redis, rotation_id, cursor)
+        progress.save_fanout(ctx.publisher.redis, rotation_id, cursor)
         queued += len(ids)
         if time.monotonic() > deadline:
             app.send_task("keyrotor.rotate_all", args=[rotation_id])
             return queued
-    progress.save_fanout(ctx.redis, rotation_id, Fanout(cursor.next_batch, finished=True))
+    progress.save_fanout(ctx.publisher.redis, rotation_id, Fanout(cursor.next_batch, finished=True))
     ctx.service.mark_queued(rotation_id, cursor.next_batch)
     log.info(
         "rotation %s: %d batches queued, cut-off %s",
@@ -130,9 +85,9 @@ def send_batch(rotation_id: str, batch: int, realm_ids: list[str], before: str |
 def resend_unreported(ctx: Context, rotation_id: str, queued: int, before: str | None) -> int:
     """Send again, as they were, the batches numbered below `queued` that have not reported;
     a copy still on its way finds its realms rotated, and only one report counts."""
-    reported = progress.reported_batches(ctx.redis, rotation_id)
+    reported = progress.reported_batches(ctx.publisher.redis, rotation_id)
     missing = [batch for batch in range(queued) if batch not in reported]
-    kept = progress.batch_realms(ctx.redis, rotation_id, missing)
+    kept = progress.batch_realms(ctx.publisher.redis, rotation_id, missing)
     for batch, realm_ids in kept.items():
         send_batch(rotation_id, batch, realm_ids, before)
     if kept:
@@ -147,4 +102,4 @@ def settle_failed(ctx: Context, rotation: RotationView, failed: list[str]) -> No
         return
     left, gone = ctx.service.still_left(rotation, failed)
     rotated = sorted(set(failed) - set(left) - set(gone))
-    progress.settle(ctx.redis, rotation.id, rotated, gone)
+    progress.settle(ctx.publisher.redis, rotation.id, rotated, gone)

@@ -15,6 +15,7 @@ from typing import Any
 import redis
 from celery import Task
 from celery.signals import worker_process_init, worker_ready
+from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from worker import runtime
@@ -34,7 +35,14 @@ from worker.store import outbox
 
 log = logging.getLogger("keyrotor.tasks")
 
-RETRYABLE = (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError)
+# The database, Redis or the broker away for a moment: retried, with backoff, without a limit.
+RETRYABLE = (
+    OperationalError,
+    InterfaceError,
+    redis.ConnectionError,
+    redis.TimeoutError,
+    BrokerError,
+)
 RETRY: dict[str, Any] = {
     "autoretry_for": RETRYABLE,
     "retry_backoff": 1,
