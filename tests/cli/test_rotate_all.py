@@ -159,7 +159,7 @@ def test_refusals_are_one_line_and_change_nothing(stack: Stack) -> None:
         (("rotate", "--all", "--algo", "hs512", "--yes"), "Algo must be one of"),
         (("rotate", "--all", "--realm-prefix", "x" * 101, "--yes"), "too long (at most 100"),
         (("rotate", "--all", "--realm-prefix", "a b", "--yes"), "Realm prefix may hold only"),
-        (("rotate", "--all", "--before", "yesterday", "--yes"), "not an RFC 3339 timestamp"),
+        (("rotate", "--all", "--before", "yesterday", "--yes"), "must be an RFC 3339 timestamp"),
         (("rotate", "--all", "--before", "2999-01-01T00:00:00Z", "--yes"), "in the future"),
         (("rotate", "--all"), "would rotate 1 realm: confirm at a terminal, or pass --yes"),
     ]

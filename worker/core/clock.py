@@ -23,10 +23,10 @@ def parse_rfc3339(text: str) -> datetime:
     """An RFC 3339 timestamp with its offset (`2026-11-30T12:00:00Z`), as UTC."""
     try:
         value = datetime.fromisoformat(text.strip())
-    except ValueError:
-        value = None
-    if value is None or value.tzinfo is None:
-        raise InvalidInput(
-            f"{text!r} is not an RFC 3339 timestamp with an offset, like 2026-01-31T12:00:00Z"
-        )
-    return value.astimezone(UTC)
+        if value.tzinfo is not None:
+            return value.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: an offset moves it out of range
+        pass
+    raise InvalidInput(
+        "Before must be an RFC 3339 timestamp with an offset, like 2026-01-31T12:00:00Z"
+    )

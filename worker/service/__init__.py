@@ -1,8 +1,9 @@
 """The service, the only writer of realms and keys, and the typed values it hands back.
 
-One module per job: `realms`, `keys`, `rotation`, `publication`, `rewrap`, `mass` (`rotate
---all`); every write of key state goes through `writer`. `views` holds the values returned,
-`wire` their AuthRocket JSON.
+One module per job: `realms`, `keys`, `rotation`, `batch` (many realms in one transaction),
+`publication`, `rewrap`, `pool` (ready RSA keys), `mass` (`rotate --all`); every write of key
+state goes through `writer` (or, for a batch, its shared steps). `views` holds the values
+returned, `wire` their AuthRocket JSON.
 """
 
 from __future__ import annotations
