@@ -140,3 +140,18 @@ def test_rsa_realms_take_pooled_keys_first_and_the_rest_are_made_before_the_lock
     for realm in realms:
         signing = service.signing_key(realm.id)
         assert signing.kid == active(service, realm.id)
+
+
+def test_an_rsa_realm_with_an_impossible_key_size_fails_alone(
+    service: Service, engine: Engine
+) -> None:
+    good = [service.create_realm(f"rsa-{n}", algo="rs256").id for n in range(2)]
+    bad = service.create_realm("rsa-bad", algo="rs256").id
+    with engine.begin() as connection:  # an old row no release would write
+        connection.execute(text("UPDATE realms SET rsa_bits = 1234 WHERE id = :id"), {"id": bad})
+
+    outcome = service.rotate_batch([*good, bad], force=True)
+
+    assert sorted(c.realm_id for c in outcome.changes) == sorted(good)
+    assert list(outcome.failed) == [bad] and "RSA key size" in outcome.failed[bad]
+    assert rotated_events(engine) == Counter(good)

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from sqlalchemy.orm import Session
 
 from worker.core import keys, lifecycle
-from worker.core.errors import NotFound
+from worker.core.errors import InvalidInput, NotFound
 from worker.core.lifecycle import Plan, Policy, State
 from worker.service.base import core_key
 from worker.service.policy import policy_of
@@ -122,11 +122,11 @@ class BatchRotation(Rotation, Publishing):
                 with contextlib.suppress(Exception):  # the locked pass reports what fails
                     created = _plan(realm, rows[realm.id], make_plan, now).step.created()
                     needed[(realm.algo, realm.rsa_bits)] += len(created)
-        return {
-            group: [keys.generate(*group) for _ in range(count - held.get(group, 0))]
-            for group, count in needed.items()
-            if count > held.get(group, 0)
-        }
+        spare = {}
+        for group, count in needed.items():
+            with contextlib.suppress(InvalidInput):  # a bad size fails its realms under the lock
+                spare[group] = [keys.generate(*group) for _ in range(count - held.get(group, 0))]
+        return spare
 
     def _together(
         self,
