@@ -33,7 +33,7 @@ bench: $(STAMP)
 
 # Start-up reconcile, `doctor --check jwks`, /metrics and the outbox at 10,000 and 1,000,000
 # realms, then `rotate --all` of 1,000,000 es256 and 100,000 rs256 realms (bench/README.md,
-# scale): ~1¼ hours and ~12 GiB free for JWKS files under the temporary folder. Needs what
+# scale): ~1 hour and ~12 GiB free for JWKS files under the temporary folder. Needs what
 # `make bench` needs; in neither `make test` nor `make bench`.
 bench-scale: $(STAMP)
 	$(BIN)/python -m bench.run scale mass_rotation --output bench/results/scale.json
