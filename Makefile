@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint unit bench bench-scale chaos fuzz clean lock
+.PHONY: run test tools lint unit bench bench-scale chaos fuzz clean lock
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -17,12 +17,18 @@ run: $(STAMP)
 
 test: lint unit
 
+# Tools the tests run from Debian's packages: promtool and a prometheus server check the alert
+# rules (tests/test_deploy.py, tests/ops/test_prometheus.py), systemd-analyze the units.
+tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v systemd-analyze >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus systemd >/dev/null; }
+
 lint: $(STAMP)
 	$(BIN)/ruff check worker tests bench
 	$(BIN)/ruff format --check worker tests bench
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) tools
 	$(BIN)/pytest
 
 # The benchmarks (bench/README.md): each figure a median of 5 runs, each target a ratio to a

@@ -277,7 +277,7 @@ def outbox_rounds() -> list[tuple[int, int]]:
         stack.callback(client.close)
         publisher = Publisher(client, dep.settings.jwks_dir)
         relay = Relay(service, client, publisher=publisher, clock=lambda: now[0])
-        context = tasks.Context(dep.settings, service, publisher, relay)
+        context = tasks.Context(dep.settings, service, relay)
         stack.enter_context(mock.patch.object(tasks, "context", lambda: context))
         realm_ids = [service.create_realm(f"r{n}", algo="es256").id for n in range(OUTBOX_REALMS)]
         relay.relay_all()

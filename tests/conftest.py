@@ -128,9 +128,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def stack(tmp_path: Path, database_url: str, redis_url: str) -> Iterator[Stack]:
-    """A deployment on the test database and Redis; its processes are stopped afterwards."""
-    stack = make_stack(tmp_path, database_url, redis_url)
+def stack(
+    request: pytest.FixtureRequest, tmp_path: Path, database_url: str, redis_url: str
+) -> Iterator[Stack]:
+    """A deployment on the test database and Redis; its processes are stopped afterwards. A
+    test module's `STACK_SETTINGS` (a dict) overrides settings for its stacks."""
+    overrides = getattr(request.module, "STACK_SETTINGS", {})
+    stack = make_stack(tmp_path, database_url, redis_url, **overrides)
     try:
         yield stack
     finally:

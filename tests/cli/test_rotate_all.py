@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.jobs.test_batches import rotations
-from tests.support.stack import Stack, make_stack, wait_for
+from tests.support.stack import Stack, wait_for
 from worker.core.clock import rfc3339, utcnow
 from worker.store import outbox
 from worker.store.db import transaction
@@ -29,14 +28,8 @@ KEYROTOR = Path(sys.executable).parent / "keyrotor"
 PAUSED_WORKER = Path(__file__).parents[1] / "support" / "paused_worker.py"
 
 
-@pytest.fixture
-def stack(tmp_path: Path, database_url: str, redis_url: str) -> Iterator[Stack]:
-    """Batches of two realms, so a handful of realms makes several batches."""
-    stack = make_stack(tmp_path, database_url, redis_url, rotate_batch="2")
-    try:
-        yield stack
-    finally:
-        stack.close()
+# Batches of two realms, so a handful of realms makes several batches.
+STACK_SETTINGS = {"rotate_batch": "2"}
 
 
 def keyrotor(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:

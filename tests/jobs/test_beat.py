@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.stack import Stack, wait_for
@@ -54,25 +55,23 @@ def test_metrics_expose_the_heartbeat_for_the_alert_rules(stack: Stack) -> None:
     assert abs(seen - at.timestamp()) < 0.01
 
 
-def test_beat_prunes_the_outbox_every_ten_minutes_whatever_the_tick() -> None:
+@pytest.mark.parametrize(
+    ("entry", "task", "seconds"),
+    [
+        ("prune-events", "keyrotor.prune_events", 600.0),
+        ("fill-key-pool", "keyrotor.fill_key_pool", 60.0),
+    ],
+)
+def test_beat_runs_the_slow_sweeps_on_their_own_period_whatever_the_tick(
+    entry: str, task: str, seconds: float
+) -> None:
+    """The outbox is pruned every ten minutes, the key pool topped up every minute."""
     app = make_app(load_settings(tick="1s"), "redis://127.0.0.1:1/0")  # no broker needed
     try:
-        assert app.conf.beat_schedule["prune-events"] == {
-            "task": "keyrotor.prune_events",
-            "schedule": timedelta(minutes=10),
-            "options": {"expires": 600.0},
-        }
-    finally:
-        app.close()
-
-
-def test_beat_tops_the_key_pool_up_every_minute() -> None:
-    app = make_app(load_settings(tick="1s"), "redis://127.0.0.1:1/0")  # no broker needed
-    try:
-        assert app.conf.beat_schedule["fill-key-pool"] == {
-            "task": "keyrotor.fill_key_pool",
-            "schedule": timedelta(minutes=1),
-            "options": {"expires": 60.0},
+        assert app.conf.beat_schedule[entry] == {
+            "task": task,
+            "schedule": timedelta(seconds=seconds),
+            "options": {"expires": seconds},
         }
     finally:
         app.close()

@@ -3,24 +3,12 @@ realms a rotation covers, the rotation marked queued, and a duplicated fan-out h
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
 from tests.jobs.test_batches import rotations
-from tests.support.stack import Stack, make_stack, wait_for
+from tests.support.stack import Stack, wait_for
 from worker.publish.progress import Fanout, read_fanout
 
-
-@pytest.fixture
-def stack(tmp_path: Path, database_url: str, redis_url: str) -> Iterator[Stack]:
-    """Batches of two realms, so a handful of realms makes several batches."""
-    stack = make_stack(tmp_path, database_url, redis_url, rotate_batch="2")
-    try:
-        yield stack
-    finally:
-        stack.close()
+# Batches of two realms, so a handful of realms makes several batches.
+STACK_SETTINGS = {"rotate_batch": "2"}
 
 
 def test_the_fan_out_queues_each_page_once_and_marks_the_rotation_queued(stack: Stack) -> None:

@@ -68,8 +68,13 @@ PRUNE_BATCHES = 50
 class Context:
     settings: Settings
     service: Service
-    publisher: Publisher
     relay: Relay
+
+    @property
+    def publisher(self) -> Publisher:
+        """The relay's: it publishes a realm's JWKS before its events."""
+        assert self.relay.publisher is not None
+        return self.relay.publisher
 
 
 @cache
@@ -77,9 +82,7 @@ def context() -> Context:
     """Built once per worker process, after the fork (so no connection crosses it)."""
     settings = load_settings()
     service = runtime.build_service(settings)
-    relay = runtime.relay(settings, service)
-    assert relay.publisher is not None
-    return Context(settings, service, relay.publisher, relay)
+    return Context(settings, service, runtime.relay(settings, service))
 
 
 @worker_process_init.connect

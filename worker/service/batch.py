@@ -105,15 +105,13 @@ class BatchRotation(Rotation, Publishing):
         would keep a revocation waiting. The plans are made again under the lock; a key made
         here and not used then joins the pool."""
         rsa = select(Realm).where(Realm.id.in_(ids), Realm.algo.in_(keys.POOLED_ALGOS))
-        with transaction(self.sessions, read_only=True) as session:
-            realms = list(session.scalars(rsa))
-        held = self.pool_counts() if realms else {}
-        at_most = Counter((realm.algo, realm.rsa_bits) for realm in realms)
-        if all(count <= held.get(group, 0) for group, count in at_most.items()):
-            return {}  # the pool holds a key for every RSA realm: nothing to plan
         needed: Counter[tuple[str, int]] = Counter()
         with transaction(self.sessions, read_only=True) as session:
             realms = list(session.scalars(rsa))
+            held = self.pool_counts() if realms else {}
+            at_most = Counter((realm.algo, realm.rsa_bits) for realm in realms)
+            if all(count <= held.get(group, 0) for group, count in at_most.items()):
+                return {}  # the pool holds a key for every RSA realm: nothing to plan
             rows: dict[str, dict[str, JwtKey]] = {realm.id: {} for realm in realms}
             for row in session.scalars(select(JwtKey).where(JwtKey.realm_id.in_(list(rows)))):
                 rows[row.realm_id][row.id] = row
@@ -160,7 +158,13 @@ class BatchRotation(Rotation, Publishing):
                     outcome.unchanged.append(realm.id)
             planned = self._make_keys(session, planned, spare, outcome.failed)
             _write(session, planned)
-            session.add_all([row for item in planned for row in self._seal_new(item)])
+            session.add_all(
+                [
+                    self._key_row(item.realm.id, key, item.made[key.id])
+                    for item in planned
+                    for key in item.step.created()
+                ]
+            )
             session.flush()
             for item in planned:
                 change, publication = self._commit_realm(session, item, now)
@@ -215,24 +219,6 @@ class BatchRotation(Rotation, Publishing):
             realm.id, realm.name, realm.jwks_version, item.policy, item.step.after, public
         )
         return change_of(realm, why, item.step, touched, event_id), publication
-
-    def _seal_new(self, item: _Planned) -> list[JwtKey]:
-        new = []
-        for key in item.step.created():
-            made = item.made[key.id]
-            row = JwtKey(
-                id=key.id,
-                realm_id=item.realm.id,
-                algo=made.algo,
-                use="sign",
-                public_pem=made.public_pem,
-                sealed_secret=self.master_keys.seal(
-                    made.secret, realm_id=item.realm.id, key_id=key.id
-                ),
-            )
-            write_state(row, key)
-            new.append(row)
-        return new
 
     def _alone(self, ids: list[str], *, force: bool, before: datetime | None) -> BatchOutcome:
         """Every realm in its own transaction: what a batch falls back to when its shared

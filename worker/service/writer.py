@@ -136,17 +136,21 @@ class Writer(KeyPool):
                 pooled.pop() if pooled else keys.generate(realm.algo, realm.rsa_bits)
             )
             material = None
-            row = JwtKey(
-                id=key.id,
-                realm_id=realm.id,
-                algo=made.algo,
-                use="sign",
-                public_pem=made.public_pem,
-                sealed_secret=self.master_keys.seal(made.secret, realm_id=realm.id, key_id=key.id),
-            )
-            write_state(row, key)
-            session.add(row)
+            session.add(self._key_row(realm.id, key, made))
             session.flush()
+
+    def _key_row(self, realm_id: str, key: Key, made: keys.KeyMaterial) -> JwtKey:
+        """A new key's row: its material sealed for this realm and key, its state from `key`."""
+        row = JwtKey(
+            id=key.id,
+            realm_id=realm_id,
+            algo=made.algo,
+            use="sign",
+            public_pem=made.public_pem,
+            sealed_secret=self.master_keys.seal(made.secret, realm_id=realm_id, key_id=key.id),
+        )
+        write_state(row, key)
+        return row
 
     def _event(
         self, session: Session, realm: Realm, reason: str, key_ids: Sequence[str], now: datetime
