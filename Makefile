@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test tools lint unit bench bench-scale chaos fuzz clean lock
 
-$(STAMP): pyproject.toml
+# The client distribution (./client) in the same command as the server, which requires it.
+$(STAMP): pyproject.toml client/pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e ./client -e '.[dev]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -18,14 +19,15 @@ run: $(STAMP)
 test: lint unit
 
 # Tools the tests run from Debian's packages: promtool and a prometheus server check the alert
-# rules (tests/test_deploy.py, tests/ops/test_prometheus.py), systemd-analyze the units.
+# rules (tests/test_deploy.py, tests/ops/test_prometheus.py), systemd-analyze the units, node
+# verifies tokens as a client written in another language (tests/http/test_discovery.py).
 tools:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v systemd-analyze >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus systemd >/dev/null; }
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v systemd-analyze >/dev/null && command -v node >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus systemd nodejs >/dev/null; }
 
 lint: $(STAMP)
-	$(BIN)/ruff check worker tests bench
-	$(BIN)/ruff format --check worker tests bench
+	$(BIN)/ruff check client worker tests bench
+	$(BIN)/ruff format --check client worker tests bench
 	$(BIN)/mypy
 
 unit: $(STAMP) tools
@@ -57,13 +59,17 @@ fuzz: $(STAMP)
 	  tests/http/test_openapi_fuzz.py tests/test_fuzz.py tests/test_attacks.py
 
 # The image's pinned runtime dependencies: a fresh venv with the project alone (no dev tools).
+# keyrotor-client comes from ./client, and is pinned as name==version like the rest (`pip
+# list`, where `pip freeze` would write a file:// URL); the Dockerfile installs it from ./client.
 lock:
 	rm -rf .lock-venv && $(PY) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet --upgrade pip
-	.lock-venv/bin/pip install --quiet .
+	.lock-venv/bin/pip install --quiet ./client .
 	{ echo "# make lock: keyrotor's runtime dependencies, pinned (deploy/Dockerfile installs these)"; \
-	  .lock-venv/bin/pip freeze --exclude-editable | grep -v '^keyrotor[ =@]'; } > deploy/requirements.lock
-	rm -rf .lock-venv build
+	  .lock-venv/bin/pip list --format=freeze --exclude-editable \
+	    --exclude pip --exclude setuptools --exclude wheel | grep -v '^keyrotor=='; \
+	} > deploy/requirements.lock
+	rm -rf .lock-venv build client/build
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -37,6 +37,7 @@ BENCHMARKS = (
     "signing",
     "jwks_route",
     "events",
+    "webhooks",
     "revocation",
     "cold_start",
 )

@@ -26,6 +26,7 @@ from tests.support.stack import ROOT, Stack
 from worker.core.errors import ConfigError
 from worker.core.sealing import generate_master_key
 from worker.ops.metrics import exposition
+from worker.ops.supervisor import WEBHOOK_WORKER
 from worker.publish.heartbeat import Heartbeat, record_heartbeat
 from worker.settings import Settings, load_settings
 
@@ -62,6 +63,11 @@ def unit(path: Path) -> configparser.ConfigParser:
     return parser
 
 
+def exec_start(path: Path) -> list[str]:
+    """A unit's ExecStart as the argv systemd runs (`%%` is its escape for a literal `%`)."""
+    return [token.replace("%%", "%") for token in shlex.split(unit(path)["Service"]["ExecStart"])]
+
+
 def dockerfile_instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, rest) with continuation lines joined."""
     joined = re.sub(r"\\\n\s*", " ", (DEPLOY / "Dockerfile").read_text())
@@ -83,6 +89,7 @@ def test_every_yaml_file_parses() -> None:
         "prometheus/alerts.yaml",
         "k8s/web.yaml",
         "k8s/worker.yaml",
+        "k8s/webhooks.yaml",
         "k8s/beat.yaml",
         "k8s/migrate-job.yaml",
         "k8s/secret.yaml",
@@ -125,7 +132,7 @@ def deploy_commands() -> list[tuple[str, list[str]]]:
             if argv:
                 found.append((f"compose {name}", argv))
     for path in UNITS:
-        found.append((path.name, shlex.split(unit(path)["Service"]["ExecStart"])))
+        found.append((path.name, exec_start(path)))
     for name, spec in pod_specs():
         for container in spec["containers"]:
             found.append((f"k8s {name}", container.get("command", []) + container.get("args", [])))
@@ -183,12 +190,13 @@ def test_every_command_in_the_procfile_and_deploy_files_exists_with_those_flags(
         assert not missing, f"{where}: {' '.join(argv)}: no such flag {missing}"
 
 
-def test_the_procfile_and_every_deployment_run_the_same_four_roles() -> None:
+def test_the_procfile_and_every_deployment_run_the_same_five_roles() -> None:
     roles = {
         "release": ["keyrotor", "migrate"],
         "web": ["keyrotor", "web"],
         "worker": ["celery", "-A", "worker", "--quiet", "worker"],
         "beat": ["celery", "-A", "worker", "--quiet", "beat"],
+        "webhooks": ["celery", "-A", "worker", "--quiet", "worker", *WEBHOOK_WORKER],
     }
     procfile = dict(
         (name, shlex.split(command))
@@ -199,11 +207,9 @@ def test_the_procfile_and_every_deployment_run_the_same_four_roles() -> None:
     assert procfile == roles
     compose = load(DEPLOY / "compose.yaml")["services"]
     assert compose["migrate"]["command"] == roles["release"]
-    for role in ("web", "worker", "beat"):
+    for role in ("web", "worker", "beat", "webhooks"):
         assert compose[role]["command"] == roles[role]
-        systemd = shlex.split(
-            unit(DEPLOY / "systemd" / f"keyrotor-{role}.service")["Service"]["ExecStart"]
-        )
+        systemd = exec_start(DEPLOY / "systemd" / f"keyrotor-{role}.service")
         assert [Path(systemd[0]).name, *systemd[1:]] == roles[role]
         container = dict(pod_specs())[f"keyrotor-{role}"]["containers"][0]
         assert container["command"][: len(roles[role])] == roles[role]
@@ -299,23 +305,27 @@ def test_the_lock_pins_every_dependency_within_the_project_ranges() -> None:
     assert "pytest" not in pins and "keyrotor" not in pins
 
 
-def test_compose_runs_postgres_redis_a_one_shot_migrate_web_two_workers_and_beat() -> None:
+def test_compose_runs_a_one_shot_migrate_web_two_workers_the_webhook_worker_and_beat() -> None:
     services = load(DEPLOY / "compose.yaml")["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "web", "worker", "beat"}
+    assert set(services) == {"postgres", "redis", "migrate", "web", "worker", "webhooks", "beat"}
     assert services["migrate"]["restart"] == "no"
-    for role in ("web", "worker", "beat"):
+    for role in ("web", "worker", "webhooks", "beat"):
         assert services[role]["depends_on"]["migrate"] == {
             "condition": "service_completed_successfully"
         }
     assert services["worker"]["deploy"]["replicas"] == 2
     assert "--appendonly" in services["redis"]["command"]
     assert services["beat"]["healthcheck"]["test"][1:] == ["keyrotor", "doctor", "--check", "beat"]
+    # each worker is asked by its own node name
+    assert "celery@$$HOSTNAME" in services["worker"]["healthcheck"]["test"][1]
+    assert "webhooks@$$HOSTNAME" in services["webhooks"]["healthcheck"]["test"][1]
 
 
 def test_systemd_units_have_what_systemd_needs(tmp_path: Path) -> None:
     assert {path.name for path in UNITS} == {
         "keyrotor-web.service",
         "keyrotor-worker.service",
+        "keyrotor-webhooks.service",
         "keyrotor-beat.service",
     }
     for path in UNITS:
@@ -326,7 +336,8 @@ def test_systemd_units_have_what_systemd_needs(tmp_path: Path) -> None:
         assert service["User"] == "keyrotor" and service["NoNewPrivileges"] == "yes"
         assert service["EnvironmentFile"] == "/etc/keyrotor/keyrotor.env"
         assert parsed["Install"]["WantedBy"] == "multi-user.target"
-    assert unit(DEPLOY / "systemd" / "keyrotor-worker.service")["Service"]["KillMode"] == "mixed"
+    for worker in ("keyrotor-worker.service", "keyrotor-webhooks.service"):
+        assert unit(DEPLOY / "systemd" / worker)["Service"]["KillMode"] == "mixed"
 
     analyze = shutil.which("systemd-analyze")
     assert analyze is not None, "systemd-analyze is missing: `make test` installs Debian's systemd"
@@ -349,12 +360,19 @@ def test_systemd_units_have_what_systemd_needs(tmp_path: Path) -> None:
 
 def test_kubernetes_deployments_job_secret_probes_and_resources() -> None:
     deployments = by_kind("Deployment")
-    assert set(deployments) == {"keyrotor-web", "keyrotor-worker", "keyrotor-beat"}
+    assert set(deployments) == {
+        "keyrotor-web",
+        "keyrotor-worker",
+        "keyrotor-webhooks",
+        "keyrotor-beat",
+    }
     assert set(by_kind("Job")) == {"keyrotor-migrate"}
     assert "KEYROTOR_MASTER_KEYS" in by_kind("Secret")["keyrotor"]["stringData"]
     beat = deployments["keyrotor-beat"]["spec"]
     assert beat["replicas"] == 1 and beat["strategy"]["type"] == "Recreate"
     assert deployments["keyrotor-worker"]["spec"]["replicas"] >= 2
+    webhooks = deployments["keyrotor-webhooks"]["spec"]["template"]["spec"]["containers"][0]
+    assert "webhooks@$HOSTNAME" in " ".join(webhooks["livenessProbe"]["exec"]["command"])
     configs, secrets = set(by_kind("ConfigMap")), set(by_kind("Secret"))
     for name, item in deployments.items():
         labels = item["spec"]["template"]["metadata"]["labels"]

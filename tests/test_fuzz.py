@@ -40,7 +40,16 @@ from worker.service import Service
 from worker.settings import Settings, load_settings
 from worker.store.admin_keys import AdminKeys
 from worker.store.db import transaction
-from worker.store.models import AdminKey, Event, JwtKey, MassRotation, PooledKey, Realm
+from worker.store.models import (
+    AdminKey,
+    Event,
+    JwtKey,
+    MassRotation,
+    PooledKey,
+    Realm,
+    Webhook,
+    WebhookDelivery,
+)
 
 FUZZ = settings(
     max_examples=int(os.environ.get("KEYROTOR_FUZZ_EXAMPLES", "200")),
@@ -54,6 +63,8 @@ MODELS = {
     "admin_keys": AdminKey,
     "key_pool": PooledKey,
     "rotations": MassRotation,
+    "webhook_deliveries": WebhookDelivery,
+    "webhooks": Webhook,
 }
 assert set(MODELS) == set(TABLES)
 

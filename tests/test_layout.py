@@ -1,5 +1,6 @@
 """The package's shape: imports point inwards, no module imports itself back, and the
-client libraries stay free of the server's stack. Run alone with `pytest tests/test_layout.py`."""
+client libraries (the keyrotor-client distribution in client/) stay free of the server and its
+stack. Run alone with `pytest tests/test_layout.py`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 WORKER = Path(__file__).resolve().parents[1] / "worker"
+CLIENT = Path(__file__).resolve().parents[1] / "client" / "keyrotor_client"
 SERVER_STACK = ("celery", "kombu", "sqlalchemy", "alembic", "fastapi", "starlette", "uvicorn")
 # Each room and the rooms it may import; anything not listed may import anything.
 ALLOWED = {
@@ -81,10 +83,50 @@ def test_the_top_level_stays_small() -> None:
 def test_client_libraries_load_without_the_server_stack() -> None:
     code = (
         "import sys\n"
-        "import worker.client.verifier, worker.client.signer, worker.client.subscriber\n"
+        "import keyrotor_client, keyrotor_client.verifier, keyrotor_client.subscriber\n"
+        "import keyrotor_client.events, keyrotor_client.webhooks, keyrotor_client.discovery\n"
+        "import worker.client.verifier, worker.client.subscriber, worker.client.events\n"
+        "import worker.client.signer\n"
         f"print(sorted(m for m in {SERVER_STACK!r} if m in sys.modules))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_the_client_distribution_imports_nothing_of_the_server() -> None:
+    paths = sorted(CLIENT.rglob("*.py"))
+    assert paths, CLIENT
+    wrong = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] if node.level == 0 else []
+            else:
+                continue
+            wrong += [f"{path.name} imports {n}" for n in names if n.split(".")[0] == "worker"]
+    assert wrong == []
+
+
+def test_the_old_client_names_are_the_moved_modules_and_classes() -> None:
+    import keyrotor_client.bounded
+    import keyrotor_client.errors
+    import keyrotor_client.events
+    import keyrotor_client.subscriber
+    import keyrotor_client.verifier
+
+    import worker.client.events
+    import worker.client.subscriber
+    import worker.client.verifier
+    import worker.core.bounded
+    import worker.core.errors
+
+    assert worker.client.events is keyrotor_client.events
+    assert worker.client.subscriber is keyrotor_client.subscriber
+    assert worker.client.verifier is keyrotor_client.verifier
+    assert worker.core.bounded.BoundedDict is keyrotor_client.bounded.BoundedDict
+    for name in ("KeyrotorError", "InvalidInput", "NotFound", "InvalidToken", "InvalidWebhook"):
+        assert getattr(worker.core.errors, name) is getattr(keyrotor_client.errors, name), name

@@ -1,6 +1,11 @@
 """The Procfile as a platform runs it: the release phase, then `honcho start` of the process
-types, against the test database and Redis; it serves a JWKS, rotates a key, logs JSON, and
-leaves nothing behind when stopped."""
+types, against the test database and Redis; it serves a JWKS, rotates a key, sends a signed
+webhook, logs JSON, and leaves nothing behind when stopped.
+
+The honcho test runs once (`ONE_DATABASE`: on PostgreSQL when CI has it, else SQLite): what it
+adds is the platform's way of starting the processes; what they store is checked on both
+backends closer in (tests/service) and through real workers in tests/jobs.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,18 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis
+from keyrotor_client import verify_webhook
 
+from tests.conftest import ONE_DATABASE
 from tests.support.processes import free_port, processes_under
+from tests.support.receiver import Receiver
 from tests.support.stack import FAST, ROOT, wait_for
 from worker.core.sealing import generate_master_key
 from worker.runtime import build_service
@@ -30,9 +40,9 @@ def procfile_types() -> dict[str, str]:
     return dict(line.split(":", 1) for line in lines if line.strip())
 
 
-def test_the_procfile_names_release_web_worker_and_beat() -> None:
+def test_the_procfile_names_release_web_worker_webhooks_and_beat() -> None:
     types = procfile_types()
-    assert set(types) == {"release", "web", "worker", "beat"}
+    assert set(types) == {"release", "web", "worker", "webhooks", "beat"}
     assert types["release"].strip() == "keyrotor migrate"
 
 
@@ -46,8 +56,15 @@ def json_lines(output: str, process: str) -> list[dict[str, Any]]:
     return found
 
 
-def test_honcho_starts_the_procfile_which_serves_a_jwks_and_rotates(
-    tmp_path: Path, database_url: str, redis_url: str
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as receiver:
+        yield receiver
+
+
+@ONE_DATABASE
+def test_honcho_starts_the_procfile_which_serves_a_jwks_rotates_and_sends_webhooks(
+    tmp_path: Path, database_url: str, redis_url: str, receiver: Receiver
 ) -> None:
     values = {
         **FAST,
@@ -59,6 +76,9 @@ def test_honcho_starts_the_procfile_which_serves_a_jwks_and_rotates(
         "http_port": str(free_port()),
         "env": "production",
         "log_format": "json",
+        # the test's receiver is on this machine, over http
+        "webhook_allow_http": "true",
+        "webhook_allow_private": "true",
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYROTOR_")}
     env.update({f"KEYROTOR_{k.upper()}": v for k, v in values.items()})
@@ -71,6 +91,7 @@ def test_honcho_starts_the_procfile_which_serves_a_jwks_and_rotates(
     )
     assert release.returncode == 0, release.stderr
     service = build_service(load_settings(**values))
+    _, secret = service.create_webhook(receiver.url)
     realm = service.create_realm("acme")
     first_kid = realm_key(service, realm.id)
 
@@ -79,7 +100,17 @@ def test_honcho_starts_the_procfile_which_serves_a_jwks_and_rotates(
         honcho = subprocess.Popen(
             # Every process type but `release`: honcho would run it too, and stop everything
             # when it exits.
-            [*HONCHO_START, "-f", ROOT / "Procfile", "-d", tmp_path, "web", "worker", "beat"],
+            [
+                *HONCHO_START,
+                "-f",
+                ROOT / "Procfile",
+                "-d",
+                tmp_path,
+                "web",
+                "worker",
+                "webhooks",
+                "beat",
+            ],
             cwd=tmp_path,
             env=env,
             stdout=log,
@@ -101,6 +132,16 @@ def test_honcho_starts_the_procfile_which_serves_a_jwks_and_rotates(
         assert rotated[0]["realm_id"] == realm.id and rotated[0]["key_id"] == second_kid
         assert rotated[0]["logger"] == "keyrotor.tasks" and rotated[0]["level"] == "INFO"
         assert json_lines(output.read_text(), "beat"), "beat logs JSON lines too"
+
+        # the realm's events, relayed by the worker, sent and signed by the webhook worker
+        def reasons() -> list[str]:
+            received = receiver.received()
+            events = [verify_webhook(secret, d.headers, d.body) for d in received]
+            assert [event["id"] for event in events] == [d.headers["webhook-id"] for d in received]
+            assert all(event["realm_id"] == realm.id for event in events)
+            return [event["reason"] for event in events]
+
+        wait_for(lambda: "realm.created" in reasons(), 30, "the realm.created webhook delivery")
     finally:
         with_fallback_kill(honcho)
     wait_for(lambda: not processes_under(tmp_path), 15, "every process to exit")

@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from functools import cache
+from typing import TYPE_CHECKING
 
 import redis
+from keyrotor_client import events
 from sqlalchemy import Engine
 
-from worker.client import events
 from worker.core.clock import Clock, utcnow
-from worker.core.errors import ConfigError
 from worker.core.sealing import MasterKeys, load_or_create_key_file
+from worker.core.webhooks import WebhookPolicy
 from worker.publish.jwks import Publisher
 from worker.publish.relay import Relay
 from worker.service import Limits, Service
-from worker.settings import Settings
+from worker.service.webhooks import Dispatch
+from worker.settings import Settings, redis_url, require_redis_url
 from worker.store.db import make_engine, session_factory
 
+if TYPE_CHECKING:
+    from celery import Celery
+
 log = logging.getLogger(__name__)
+
+__all__ = ["redis_url", "require_redis_url"]  # where they were first, for callers
 
 
 def limits(settings: Settings) -> Limits:
@@ -52,27 +60,20 @@ def engine(database_url: str) -> Engine:
 
 def build_service(settings: Settings, clock: Clock = utcnow) -> Service:
     sessions = session_factory(engine(settings.database_url))
-    return Service(sessions, master_keys(settings), limits(settings), clock)
+    return Service(
+        sessions, master_keys(settings), limits(settings), clock, webhook_policy(settings)
+    )
 
 
-def redis_url(settings: Settings) -> str | None:
-    """The configured Redis, else the embedded Valkey that `keyrotor run` announced in var/."""
-    if settings.redis_url is not None:
-        return settings.redis_url
-    try:
-        return (settings.var_dir / "redis.url").read_text().strip() or None
-    except FileNotFoundError:
-        return None
-
-
-def require_redis_url(settings: Settings) -> str:
-    url = redis_url(settings)
-    if url is None:
-        raise ConfigError(
-            "KEYROTOR_REDIS_URL is not set and no embedded Valkey is running"
-            " (set it, or start everything with `keyrotor run`)"
-        )
-    return url
+def webhook_policy(settings: Settings) -> WebhookPolicy:
+    return WebhookPolicy(
+        allow_http=settings.webhook_allow_http,
+        allow_private=settings.webhook_allow_private,
+        timeout=settings.webhook_timeout,
+        secret_overlap=settings.webhook_secret_overlap,
+        retry_for=settings.webhook_retry_for,
+        retry_schedule=settings.webhook_retry_schedule,
+    )
 
 
 @cache
@@ -95,4 +96,23 @@ def relay(settings: Settings, service: Service, client: redis.Redis | None = Non
         client,
         maxlen=settings.events_stream_maxlen,
         publisher=Publisher(client, settings.jwks_dir),
+        dispatch=lambda dispatches: send_deliveries(settings, dispatches),
     )
+
+
+@cache
+def _task_sender(settings: Settings) -> Celery:
+    from worker.jobs.app import make_app
+
+    return make_app(settings, require_redis_url(settings))
+
+
+def send_deliveries(settings: Settings, dispatches: Sequence[Dispatch]) -> None:
+    """Queue webhook deliveries for the webhook worker, from any process (a task, the web
+    API, the CLI) through a Celery app made for sending on first use."""
+    tasks = _task_sender(settings)
+    for dispatch in dispatches:
+        tasks.send_task(
+            "keyrotor.deliver_webhook",
+            args=[dispatch.webhook_id, dispatch.delivery_ids, dispatch.lease],
+        )

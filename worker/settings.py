@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import ErrorDetails
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.core import keys, lifecycle
 from worker.core.durations import format_duration, parse_duration
@@ -44,6 +44,7 @@ def _duration(value: object) -> timedelta:
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+Waits = tuple[timedelta, ...]
 
 
 def _choice(options: Iterable[object], normalize: Callable[[str], object]) -> BeforeValidator:
@@ -92,6 +93,23 @@ def _redis_url(value: str | None) -> str | None:
     return value
 
 
+def _public_url(value: str | None) -> str | None:
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return None if value is None else value.rstrip("/")
+
+
+def _durations(value: object) -> tuple[timedelta, ...]:
+    """`5s,30s,5m`: a comma-separated list of durations, at least one, each at least 1s."""
+    parts = value.split(",") if isinstance(value, str) else value
+    if not isinstance(parts, list | tuple) or not parts:
+        raise ValueError("must be a comma-separated list of durations, like 5s,30s,5m")
+    waits = tuple(_duration(part.strip() if isinstance(part, str) else part) for part in parts)
+    if min(waits) < timedelta(seconds=1):
+        raise ValueError("every wait must be at least 1s")
+    return waits
+
+
 def _master_keys(value: str | None) -> str | None:
     if value is not None:
         try:
@@ -137,6 +155,28 @@ class Settings(BaseSettings):
     rotate_batch: Annotated[int, _between(1, 1000)] = 200
     # Ready RSA keys kept for each RSA algo and size in use, so rotations need not wait; 0: off.
     key_pool_size: Annotated[int, _between(0, 1000)] = 16
+    # Where clients reach this service: realms' issuers are `<public_url>/realms/<name>`.
+    # Unset: `http://<http_host>:<http_port>`.
+    public_url: Annotated[str | None, AfterValidator(_public_url)] = None
+    # Webhooks: after a secret rotation the old secret keeps signing this long, beside the new.
+    webhook_secret_overlap: Duration = timedelta(hours=24)
+    # A delivery is retried this long after its first attempt; an endpoint failing for as long
+    # is disabled.
+    webhook_retry_for: Annotated[Duration, _at_least(timedelta(seconds=1))] = timedelta(hours=24)
+    # Waits between attempts (each with up to 20% jitter); the last one repeats.
+    webhook_retry_schedule: Annotated[Waits, NoDecode, BeforeValidator(_durations)] = (
+        timedelta(seconds=5),
+        timedelta(seconds=30),
+        timedelta(minutes=5),
+        timedelta(minutes=30),
+        timedelta(hours=2),
+        timedelta(hours=5),
+    )
+    # How long a webhook endpoint has to answer one delivery.
+    webhook_timeout: Annotated[Duration, _at_least(timedelta(seconds=1))] = timedelta(seconds=10)
+    # `http://` webhook URLs (https only otherwise), and targets on private networks.
+    webhook_allow_http: bool = False
+    webhook_allow_private: bool = False
     log_level: Annotated[LogLevel, _choice(LOG_LEVELS, str.upper)] = "INFO"
     # auto: JSON lines when ENV=production and stderr is not a terminal, readable lines otherwise.
     log_format: Annotated[LogFormat, _choice(LOG_FORMATS, str.lower)] = "auto"
@@ -184,6 +224,11 @@ class Settings(BaseSettings):
             max_token_ttl=self.max_token_ttl,
             rsa_bits=self.rsa_bits,
         )
+
+    @property
+    def issuer_base(self) -> str:
+        """The public URL realms' issuers start with."""
+        return self.public_url or f"http://{self.http_host}:{self.http_port}"
 
     @property
     def master_key_file(self) -> Path:
@@ -235,3 +280,23 @@ def _describe_one(error: ErrorDetails) -> str:
     else:
         reason = error["msg"][:1].lower() + error["msg"][1:]
     return reason if field is None else f"{_var(field)}: {reason}"
+
+
+def redis_url(settings: Settings) -> str | None:
+    """The configured Redis, else the embedded Valkey that `keyrotor run` announced in var/."""
+    if settings.redis_url is not None:
+        return settings.redis_url
+    try:
+        return (settings.var_dir / "redis.url").read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def require_redis_url(settings: Settings) -> str:
+    url = redis_url(settings)
+    if url is None:
+        raise ConfigError(
+            "KEYROTOR_REDIS_URL is not set and no embedded Valkey is running"
+            " (set it, or start everything with `keyrotor run`)"
+        )
+    return url

@@ -1,9 +1,13 @@
-"""The `keyrotor` command as a user runs it: the installed console script in a subprocess.
+"""The `keyrotor` command as a user runs it.
 
-Each test drives the real CLI against a migrated, empty database of every backend under test
-(the `database_url` fixture), with a fixed master key and a private working directory, and
-checks what a person or a script sees: JSON on stdout, exit statuses, and one-line refusals
-on stderr that leave nothing written.
+Each test drives the CLI against a migrated, empty database of every backend under test (the
+`database_url` fixture), with a fixed master key and a private working directory, and checks
+what a person or a script sees: JSON on stdout, exit statuses, and one-line refusals on stderr
+that leave nothing written. The `cli` fixture runs the console script's entry point in this
+process (tests/support/cli.py: a new process costs about a second of imports, and these tests
+make dozens of calls); `run` starts the installed command in a subprocess, for the tests of what
+only a real process shows (the entry point itself, the exit status of a refusal, a warning
+logged with nothing configured, the help).
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import re
 import secrets
 import stat
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,15 +26,28 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.support.cli import KEYROTOR, keyrotor_in_process
 from worker.core.sealing import MasterKeys, parse_master_keys
 from worker.service import Service
 from worker.store.db import make_engine, session_factory
 
-KEYROTOR = Path(sys.executable).parent / "keyrotor"
 MASTER_KEY = base64.b64encode(secrets.token_bytes(32)).decode()
 OTHER_MASTER_KEY = base64.b64encode(secrets.token_bytes(32)).decode()
 KEY_ID = re.compile(r"jky_[0-9A-Za-z]{22}")
 REALM_ID = re.compile(r"rl_[0-9A-Za-z]{22}")
+
+
+def environment(
+    cwd: Path, database_url: str, master_keys: str | None, env: dict[str, str]
+) -> dict[str, str]:
+    """This process's environment without its KEYROTOR_ variables, and only those given here."""
+    child = {k: v for k, v in os.environ.items() if not k.startswith("KEYROTOR_")}
+    child["KEYROTOR_DATABASE_URL"] = database_url
+    child["KEYROTOR_VAR_DIR"] = str(cwd / "var")
+    if master_keys is not None:
+        child["KEYROTOR_MASTER_KEYS"] = master_keys
+    child.update({f"KEYROTOR_{name.upper()}": value for name, value in env.items()})
+    return child
 
 
 def run(
@@ -41,17 +57,12 @@ def run(
     master_keys: str | None = MASTER_KEY,
     **env: str,
 ) -> subprocess.CompletedProcess[str]:
-    """`keyrotor ARGS` with only the KEYROTOR_ variables given here (none from the parent)."""
-    child = {k: v for k, v in os.environ.items() if not k.startswith("KEYROTOR_")}
-    child["KEYROTOR_DATABASE_URL"] = database_url
-    child["KEYROTOR_VAR_DIR"] = str(cwd / "var")
-    if master_keys is not None:
-        child["KEYROTOR_MASTER_KEYS"] = master_keys
-    child.update({f"KEYROTOR_{name.upper()}": value for name, value in env.items()})
+    """The installed `keyrotor ARGS` in a subprocess, with only the KEYROTOR_ variables given
+    here (none from the parent)."""
     return subprocess.run(
         [str(KEYROTOR), *args],
         cwd=cwd,
-        env=child,
+        env=environment(cwd, database_url, master_keys, env),
         capture_output=True,
         text=True,
         timeout=120,
@@ -67,12 +78,14 @@ class Cli(Protocol):
 
 @pytest.fixture
 def cli(database_url: str, tmp_path: Path) -> Cli:
-    """`run` bound to this test's database and working directory."""
+    """`keyrotor ARGS` in this process, on this test's database and working directory, with
+    the environment `run` would give the subprocess."""
 
     def bound(
         *args: str, master_keys: str | None = MASTER_KEY, **env: str
     ) -> subprocess.CompletedProcess[str]:
-        return run(*args, cwd=tmp_path, database_url=database_url, master_keys=master_keys, **env)
+        child = environment(tmp_path, database_url, master_keys, env)
+        return keyrotor_in_process(*args, env=child, cwd=tmp_path)
 
     return bound
 

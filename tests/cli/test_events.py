@@ -1,4 +1,11 @@
-"""`keyrotor token sign|verify` and `keyrotor events`, run as a user runs them."""
+"""`keyrotor token sign|verify` and `keyrotor events`, run as a user runs them.
+
+The short commands run the console script's entry point in this process (`cli`, through
+tests/support/cli.py: a new process costs about a second of imports); the follower of the
+stream and a refusal's exit status are the installed command in a subprocess. Each test runs
+once (`ONE_DATABASE`: on PostgreSQL when CI has it, else SQLite): signing keys and the outbox
+are stored and read the same way as in tests/service and tests/store, checked on both backends.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,6 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -15,11 +21,12 @@ import pytest
 import redis
 from sqlalchemy import Engine
 
+from tests.conftest import ONE_DATABASE
+from tests.support.cli import KEYROTOR, keyrotor_in_process
 from worker.core.sealing import MasterKeys, generate_master_key
 from worker.service import Limits, Service
 from worker.store.db import session_factory
 
-KEYROTOR = Path(sys.executable).parent / "keyrotor"
 MASTER_KEY = generate_master_key()
 
 
@@ -39,6 +46,7 @@ def environment(tmp_path: Path, database_url: str, redis_url: str | None) -> dic
 def keyrotor(
     *args: str, tmp_path: Path, database_url: str, redis_url: str | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """The installed command in a subprocess."""
     return subprocess.run(
         [str(KEYROTOR), *args],
         cwd=tmp_path,
@@ -50,12 +58,21 @@ def keyrotor(
     )
 
 
+def in_process(
+    *args: str, tmp_path: Path, database_url: str, redis_url: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The same command and environment, run in this process."""
+    env = environment(tmp_path, database_url, redis_url)
+    return keyrotor_in_process(*args, env=env, cwd=tmp_path)
+
+
 @pytest.fixture
 def shared_service(engine: Engine) -> Service:
     """A service under the same master key as the CLI runs with."""
     return Service(session_factory(engine), MasterKeys.from_text(MASTER_KEY), Limits())
 
 
+@ONE_DATABASE
 def test_a_signed_token_verifies_and_refusals_are_one_line(
     shared_service: Service, tmp_path: Path, database_url: str
 ) -> None:
@@ -63,7 +80,7 @@ def test_a_signed_token_verifies_and_refusals_are_one_line(
     shared_service.create_realm("shared", algo="hs256")
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return keyrotor(*args, tmp_path=tmp_path, database_url=database_url)
+        return in_process(*args, tmp_path=tmp_path, database_url=database_url)
 
     for realm in ("acme", "shared"):
         signed = cli(
@@ -93,13 +110,14 @@ def read_lines(stream: queue.Queue[str], count: int, timeout: float = 20) -> lis
     return [stream.get(timeout=timeout) for _ in range(count)]
 
 
+@ONE_DATABASE
 def test_events_prints_json_lines_and_follows_the_stream(
     shared_service: Service, tmp_path: Path, database_url: str, redis_url: str
 ) -> None:
     redis.Redis.from_url(redis_url).flushdb()
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return keyrotor(*args, tmp_path=tmp_path, database_url=database_url, redis_url=redis_url)
+        return in_process(*args, tmp_path=tmp_path, database_url=database_url, redis_url=redis_url)
 
     assert cli("realms", "create", "acme", "--algo", "es256").returncode == 0  # relays too
     assert cli("realms", "create", "beta", "--algo", "es256").returncode == 0
@@ -134,5 +152,13 @@ def test_events_prints_json_lines_and_follows_the_stream(
         follower.send_signal(signal.SIGINT)
         _, errors = follower.communicate(timeout=20)
     assert follower.returncode == 0 and errors == ""
-    unknown = cli("events", "--since", "evt_0000000000000000000000", "--no-follow")
+    unknown = keyrotor(  # the installed command: a refusal's exit status
+        "events",
+        "--since",
+        "evt_0000000000000000000000",
+        "--no-follow",
+        tmp_path=tmp_path,
+        database_url=database_url,
+        redis_url=redis_url,
+    )
     assert unknown.returncode == 2 and "is not in the stream" in unknown.stderr

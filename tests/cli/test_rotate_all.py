@@ -1,6 +1,14 @@
 """`keyrotor rotate --all` as an operator runs it in an emergency: the installed command in a
 subprocess, real workers, the test database and Redis. Each realm is rotated once per cut-off
-however the run is interrupted; refusals are one line and change nothing."""
+however the run is interrupted; refusals are one line and change nothing.
+
+The tests with workers run once (`ONE_DATABASE`: on PostgreSQL when CI has it, else SQLite):
+what they add is the command driving real workers and being interrupted, while the rotation's
+storage rules (who a cut-off covers, resuming, one rotation per realm and cut-off) are checked
+on both backends closer in (tests/service/test_mass.py, tests/service/test_batch.py). The
+refusals run the command's entry point in this process (tests/support/cli.py), a dozen calls
+without a second of imports each; the other tests start the real command.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,6 @@ import os
 import pty
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,14 +24,15 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from tests.conftest import ONE_DATABASE
 from tests.jobs.test_batches import rotations
+from tests.support.cli import KEYROTOR, keyrotor_in_process
 from tests.support.stack import Stack, wait_for
 from worker.core.clock import rfc3339, utcnow
 from worker.store import outbox
 from worker.store.db import transaction
 from worker.store.models import MassRotation
 
-KEYROTOR = Path(sys.executable).parent / "keyrotor"
 PAUSED_WORKER = Path(__file__).parents[1] / "support" / "paused_worker.py"
 
 
@@ -65,6 +73,7 @@ def records(stack: Stack) -> list[str]:
         return list(session.scalars(select(MassRotation.id).order_by(MassRotation.created_at)))
 
 
+@ONE_DATABASE
 def test_every_matching_realm_is_rotated_once_with_a_summary(stack: Stack) -> None:
     covered = sorted(stack.service.create_realm(f"t{number}").id for number in range(5))
     stack.service.create_realm("other")
@@ -101,6 +110,7 @@ def test_every_matching_realm_is_rotated_once_with_a_summary(stack: Stack) -> No
     }
 
 
+@ONE_DATABASE
 def test_an_interrupted_rotation_resumes_and_rotates_each_realm_exactly_once(
     stack: Stack, tmp_path: Path
 ) -> None:
@@ -157,10 +167,11 @@ def test_refusals_are_one_line_and_change_nothing(stack: Stack) -> None:
         (("rotate", "--all"), "would rotate 1 realm: confirm at a terminal, or pass --yes"),
     ]
     for args, fragment in cases:
-        refused(keyrotor(stack, *args), fragment)
+        refused(keyrotor_in_process(*args, env=stack.env, cwd=stack.tmp), fragment)
     assert records(stack) == [] and rotations(stack) == {}
 
-    rotated = ok_json(keyrotor(stack, "rotate", "acme", "--json"))  # the one-realm form
+    one_realm = keyrotor_in_process("rotate", "acme", "--json", env=stack.env, cwd=stack.tmp)
+    rotated = ok_json(one_realm)
     assert rotated["realm"]["id"] == realm.id and rotated["retired"] and rotated["activated"]
 
 

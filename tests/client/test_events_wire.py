@@ -7,13 +7,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from keyrotor_client.events import CHANNEL, FIELDS, REASONS, STREAM, decode, encode, entry_id_of
+from keyrotor_client.subscriber import Subscriber
 from sqlalchemy import delete
 
 from tests.conftest import FakeClock
 from tests.support.events import Collector, Events, make_events
 from tests.support.replies import xrange
-from worker.client.events import CHANNEL, FIELDS, REASONS, STREAM, decode, encode, entry_id_of
-from worker.client.subscriber import Subscriber
 from worker.core.lifecycle import State
 from worker.publish.relay import payload
 from worker.service import Service

@@ -53,6 +53,22 @@ def test_signs_with_the_active_key_and_the_claims_asked_for(service: Service, wi
     assert default["exp"] - default["iat"] == 600  # no ttl given: the realm's max
 
 
+def test_with_an_issuer_base_tokens_carry_the_realms_issuer_unless_told_otherwise(
+    service: Service,
+) -> None:
+    realm = service.create_realm("acme", algo="es256")
+    signer = Signer(service, issuer_base="https://keys.example.com/")
+
+    def iss(token: str) -> object:
+        return jwt.decode(token, options={"verify_signature": False}).get("iss")
+
+    for ref in (realm.id, "acme"):  # by id too, the issuer names the realm by name
+        assert iss(signer.sign(ref)) == "https://keys.example.com/realms/acme"
+    assert iss(signer.sign("acme", {"iss": "https://id.example"})) == "https://id.example"
+    assert iss(signer.sign("acme", iss="https://id.example")) == "https://id.example"
+    assert iss(Signer(service).sign("acme")) is None  # no issuer base: no iss
+
+
 @pytest.mark.parametrize(
     ("claims", "ttl", "refusal"),
     [

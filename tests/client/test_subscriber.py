@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 import redis
+from keyrotor_client.events import STREAM, encode
+from keyrotor_client.subscriber import CLIENT_NAME, Subscriber, events, subscribe
 
 from tests.support.events import Collector, Events, make_events
 from tests.support.replies import xrange
 from tests.support.stack import wait_for
-from worker.client.events import STREAM, encode
-from worker.client.subscriber import CLIENT_NAME, Subscriber, events, subscribe
 from worker.service import Service
 
 
@@ -37,9 +37,12 @@ class Unplugged(Subscriber):
 
 
 def cut_off(client: redis.Redis) -> None:
-    """Close the subscriber's connection from the server side."""
-    (subscriber,) = [c for c in client.client_list() if c["name"] == CLIENT_NAME]
-    client.client_kill_filter(_id=subscriber["id"])
+    """Close the subscriber's connection from the server side (and any an earlier test's
+    subscriber process left behind on the shared server)."""
+    subscribers = [c for c in client.client_list() if c["name"] == CLIENT_NAME]
+    assert subscribers
+    for subscriber in subscribers:
+        client.client_kill_filter(_id=subscriber["id"])
 
 
 def test_a_subscriber_cut_off_while_events_are_sent_reconnects_and_misses_nothing(

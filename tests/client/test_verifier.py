@@ -17,12 +17,10 @@ import pytest
 import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-
-from tests.support.events import Collector, Events, make_events
-from tests.support.jwks_http import serve_jwks
-from worker.client.signer import Signer
-from worker.client.subscriber import Subscriber
-from worker.client.verifier import (
+from keyrotor_client.errors import InvalidInput, InvalidToken, NotFound
+from keyrotor_client.subscriber import Subscriber
+from keyrotor_client.verifier import (
+    PUBLIC_ALGS,
     HttpKeys,
     KeyCache,
     KeySet,
@@ -30,8 +28,11 @@ from worker.client.verifier import (
     RedisKeys,
     parse_jwks,
 )
+
+from tests.support.events import Collector, Events, make_events
+from tests.support.jwks_http import serve_jwks
+from worker.client.signer import Signer
 from worker.core import keys
-from worker.core.errors import InvalidInput, InvalidToken, NotFound
 from worker.core.lifecycle import State
 from worker.service import Service
 from worker.service.key_sources import ServiceKeys
@@ -97,6 +98,11 @@ def acme(service: Service, wire: Events) -> Realm:
     realm = service.create_realm("acme", algo="es256")
     wire.send()
     return Realm(realm.id, "acme", service)
+
+
+def test_the_client_takes_from_a_jwks_exactly_the_algorithms_the_server_publishes() -> None:
+    assert PUBLIC_ALGS == keys.PUBLIC_ALGS
+    assert {keys.JWT_ALG[algo] for algo in keys.ALGOS if algo != "hs256"} == PUBLIC_ALGS
 
 
 def test_a_revoked_key_is_refused_after_one_event_with_no_cache_expiry(

@@ -268,6 +268,7 @@ def test_openapi_describes_every_route_status_and_the_bearer_scheme(api: Api) ->
     document = api.anon.get("/openapi.json").json()
     expected = {
         ("/realms/{realm}/.well-known/jwks.json", "get"): {"200", "304", "404"},
+        ("/realms/{realm}/.well-known/openid-configuration", "get"): {"200", "304", "404"},
         ("/v1/jwt_keys", "get"): {"200", "401", "404", "422"},
         ("/v1/jwt_keys", "post"): {"201", "401", "422"},
         ("/v1/jwt_keys/{key_id}", "get"): {"200", "401", "404"},
@@ -280,6 +281,19 @@ def test_openapi_describes_every_route_status_and_the_bearer_scheme(api: Api) ->
         ("/v1/realms/{realm}", "delete"): {"202", "401", "404"},
         ("/v1/rotations", "post"): {"202", "401", "422"},
         ("/v1/rotations/{rotation_id}", "get"): {"200", "401", "404"},
+        ("/v1/webhooks", "get"): {"200", "401", "422"},
+        ("/v1/webhooks", "post"): {"201", "401", "422"},
+        ("/v1/webhooks/{webhook_id}", "get"): {"200", "401", "404"},
+        ("/v1/webhooks/{webhook_id}", "put"): {"200", "401", "404", "422"},
+        ("/v1/webhooks/{webhook_id}", "patch"): {"200", "401", "404", "422"},
+        ("/v1/webhooks/{webhook_id}", "delete"): {"202", "401", "404"},
+        ("/v1/webhooks/{webhook_id}/rotate_secret", "post"): {"200", "401", "404"},
+        ("/v1/webhooks/{webhook_id}/deliveries", "get"): {"200", "401", "404", "422"},
+        ("/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry", "post"): {
+            "202",
+            "401",
+            "404",
+        },
         ("/healthz", "get"): {"200", "503"},
         ("/metrics", "get"): {"200"},
     }

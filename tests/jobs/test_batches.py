@@ -1,6 +1,13 @@
 """Batched rotation through real Celery workers: beat fans out batches, a poisoned realm is
 split out and retried alone while its batch commits, overlapping and duplicated batches rotate
-each realm once, and a worker killed mid-batch leaves every realm due for the redelivery."""
+each realm once, and a worker killed mid-batch leaves every realm due for the redelivery.
+
+Each test runs once (`ONE_DATABASE`: on PostgreSQL when CI has it, else SQLite): what they add
+is the processes, while a batch's storage rules (one rotation per realm and cut-off, a poisoned
+realm left out, a failed shared write retried alone) are checked on both backends closer in
+(tests/service/test_batch.py). PostgreSQL is also the backend whose overlapping batches really
+run their transactions at once.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ from pathlib import Path
 
 from sqlalchemy import select, text
 
+from tests.conftest import ONE_DATABASE
 from tests.jobs.test_tasks import PAUSED_WORKER, active_key, published_kids, states
 from tests.support.stack import Stack, wait_for
 from worker.core.clock import rfc3339, utcnow
@@ -26,6 +34,7 @@ def rotations(stack: Stack) -> Counter[str]:
         return Counter(session.scalars(query))
 
 
+@ONE_DATABASE
 def test_beat_rotates_due_realms_in_batches_and_a_poisoned_realm_fails_alone(
     stack: Stack,
 ) -> None:
@@ -48,6 +57,7 @@ def test_beat_rotates_due_realms_in_batches_and_a_poisoned_realm_fails_alone(
     assert "PRIVATE KEY" not in log
 
 
+@ONE_DATABASE
 def test_overlapping_and_duplicated_batches_rotate_each_realm_once(stack: Stack) -> None:
     ids = [stack.service.create_realm(f"r{n}").id for n in range(12)]
     stack.worker("w1")
@@ -63,6 +73,7 @@ def test_overlapping_and_duplicated_batches_rotate_each_realm_once(stack: Stack)
     assert rotations(stack) == Counter(ids)
 
 
+@ONE_DATABASE
 def test_a_worker_killed_mid_batch_rolls_it_back_and_the_redelivery_rotates_each_once(
     stack: Stack, tmp_path: Path
 ) -> None:

@@ -1,4 +1,11 @@
-"""Rotation through real Celery workers and beats, on real Redis and each database backend."""
+"""Rotation through real Celery workers and beats, on real Redis and a real database.
+
+Each test runs once (`ONE_DATABASE`: on PostgreSQL when CI has it, else SQLite): what they add
+is the processes (beat, workers killed mid-transaction, redelivery, Redis going away), while the
+storage rules under them are checked on both backends closer in (tests/service: a rotation
+and two services racing on one realm; tests/store/test_outbox.py: the prune). PostgreSQL is
+also the backend whose concurrent transactions really interleave.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from tests.conftest import ONE_DATABASE
 from tests.support.stack import ROOT, Stack, make_stack, wait_for
 from worker.core.clock import utcnow
 from worker.core.lifecycle import State
@@ -50,6 +58,7 @@ def file_kids(stack: Stack, realm_id: str) -> list[str]:
     return [k["kid"] for k in json.loads(path.read_text())["keys"]] if path.exists() else []
 
 
+@ONE_DATABASE
 def test_beat_and_worker_rotate_a_realm_on_schedule_and_publish_it(stack: Stack) -> None:
     realm = stack.service.create_realm("acme")
     first = active_key(stack, "acme")
@@ -76,19 +85,25 @@ def test_beat_and_worker_rotate_a_realm_on_schedule_and_publish_it(stack: Stack)
     assert "rotated acme" in stack.log("w1")
 
 
-def make_due_soon(stack: Stack, name: str) -> str:
-    """A realm whose next key is due in ~2 s and whose rotation is far off (20 s)."""
+def due_soon(stack: Stack, name: str) -> str:
+    """A realm whose next key is due in ~2 s and whose rotation is far off (a minute). Made
+    before a test starts its workers, it falls due while they start (`wait_until_due`)."""
     realm = stack.service.create_realm(
-        name, rotation_period=timedelta(seconds=20), prepublish=timedelta(seconds=18)
+        name, rotation_period=timedelta(seconds=60), prepublish=timedelta(seconds=58)
     )
-    wait_for(lambda: stack.service.due_realm_ids(utcnow()), 10, f"{name} to fall due")
     return realm.id
 
 
+def wait_until_due(stack: Stack, name: str) -> None:
+    wait_for(lambda: stack.service.due_realm_ids(utcnow()), 10, f"{name} to fall due")
+
+
+@ONE_DATABASE
 def test_two_workers_and_duplicated_deliveries_make_exactly_one_change(stack: Stack) -> None:
+    realm_id = due_soon(stack, "acme")
     stack.worker("w1", KEYROTOR_LOG_LEVEL="DEBUG")  # Celery's "succeeded" lines are DEBUG
     stack.worker("w2", KEYROTOR_LOG_LEVEL="DEBUG")
-    realm_id = make_due_soon(stack, "acme")
+    wait_until_due(stack, "acme")
     for _ in range(8):
         stack.send("keyrotor.rotate_realm", realm_id)
     for _ in range(3):
@@ -100,12 +115,14 @@ def test_two_workers_and_duplicated_deliveries_make_exactly_one_change(stack: St
     assert reasons(stack, realm_id) == ["realm.created", "key.created"]
 
 
+@ONE_DATABASE
 def test_a_worker_killed_mid_rotation_leaves_the_old_state_and_the_redelivery_finishes(
     stack: Stack, tmp_path: Path
 ) -> None:
+    realm_id = due_soon(stack, "acme")
     marker = tmp_path / "paused"
     stack.worker("paused", "--concurrency", "1", script=PAUSED_WORKER, PAUSE_MARKER=str(marker))
-    realm_id = make_due_soon(stack, "acme")
+    wait_until_due(stack, "acme")
     stack.send("keyrotor.rotate_realm", realm_id)
     child = int(wait_for(lambda: marker.read_text() if marker.exists() else None, 15, "the pause"))
     # Inside the open transaction: nothing of the rotation is visible.
@@ -116,12 +133,14 @@ def test_a_worker_killed_mid_rotation_leaves_the_old_state_and_the_redelivery_fi
     assert reasons(stack, realm_id) == ["realm.created", "key.created"]
 
 
+@ONE_DATABASE
 def test_a_whole_worker_killed_mid_rotation_is_finished_by_the_next_run(
     stack: Stack, tmp_path: Path
 ) -> None:
+    realm_id = due_soon(stack, "acme")
     marker = tmp_path / "paused"
     stack.worker("paused", "--concurrency", "1", script=PAUSED_WORKER, PAUSE_MARKER=str(marker))
-    realm_id = make_due_soon(stack, "acme")
+    wait_until_due(stack, "acme")
     stack.send("keyrotor.rotate_realm", realm_id)
     wait_for(lambda: marker.exists(), 15, "the pause")
     stack.stop("paused", signal.SIGKILL)
@@ -132,15 +151,17 @@ def test_a_whole_worker_killed_mid_rotation_is_finished_by_the_next_run(
     assert reasons(stack, realm_id) == ["realm.created", "key.created"]
 
 
+@ONE_DATABASE
 def test_a_rotation_lost_with_a_killed_worker_is_queued_again_within_a_few_ticks(
     stack: Stack, tmp_path: Path
 ) -> None:
     """Found by the chaos run: beat's claim on a queued realm lasted 60 s, so a message lost
     with a SIGKILLed worker (unacknowledged until the visibility timeout) held the realm's
     rotation back for a minute. The claim now lapses after three ticks (3 s here)."""
+    realm_id = due_soon(stack, "acme")
     marker = tmp_path / "paused"
     stack.worker("paused", "--concurrency", "1", script=PAUSED_WORKER, PAUSE_MARKER=str(marker))
-    realm_id = make_due_soon(stack, "acme")
+    wait_until_due(stack, "acme")
     stack.beat("beat1")  # rotate_due claims the realm and queues it; the paused worker takes it
     wait_for(lambda: marker.exists(), 15, "the pause")
     stack.stop("paused", signal.SIGKILL)
@@ -151,6 +172,7 @@ def test_a_rotation_lost_with_a_killed_worker_is_queued_again_within_a_few_ticks
     assert reasons(stack, realm_id) == ["realm.created", "key.created"]
 
 
+@ONE_DATABASE
 def test_revoke_replaces_the_active_key_at_once_and_promotes_a_pending_one(stack: Stack) -> None:
     stack.worker("w1")
     realm = stack.service.create_realm(
@@ -179,14 +201,17 @@ def test_revoke_replaces_the_active_key_at_once_and_promotes_a_pending_one(stack
     assert reasons(stack, realm.id).count("key.revoked") == 2
 
 
+@ONE_DATABASE
 def test_purge_deletes_exactly_the_keys_past_their_grace(stack: Stack) -> None:
-    stack.worker("w1")
     short = stack.service.create_realm("short")
     long = stack.service.create_realm("long", grace=timedelta(seconds=60))
     short_old, long_old = active_key(stack, "short"), active_key(stack, "long")
     stack.service.rotate("short", force=True)
     stack.service.rotate("long", force=True)
-    time.sleep(3.2)  # past short's 3 s grace, well inside long's 60 s
+    rotated_at = time.monotonic()
+    stack.worker("w1")  # started after the rotations: short's grace runs out as it starts
+    # past short's 3 s grace, well inside long's 60 s
+    time.sleep(max(0.0, 3.2 - (time.monotonic() - rotated_at)))
     stack.send("keyrotor.purge_expired")
     wait_for(lambda: short_old not in states(stack, "short"), 10, "the purge")
     assert states(stack, "long")[long_old] == State.EXPIRED
@@ -194,6 +219,7 @@ def test_purge_deletes_exactly_the_keys_past_their_grace(stack: Stack) -> None:
     assert reasons(stack, long.id)[-1] == "key.rotated"
 
 
+@ONE_DATABASE
 def test_redis_down_during_a_rotation_does_not_undo_it_and_reconcile_republishes(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -205,6 +231,7 @@ def test_redis_down_during_a_rotation_does_not_undo_it_and_reconcile_republishes
     stack = make_stack(tmp_path, database_url, server.connection_url)
     marker = tmp_path / "paused"
     try:
+        realm_id = due_soon(stack, "acme")
         stack.worker(
             "paused",
             "--concurrency",
@@ -213,7 +240,7 @@ def test_redis_down_during_a_rotation_does_not_undo_it_and_reconcile_republishes
             PAUSE_MARKER=str(marker),
             PAUSE_SECONDS="3",
         )
-        realm_id = make_due_soon(stack, "acme")
+        wait_until_due(stack, "acme")
         stack.publisher.publish(stack.service.publication(realm_id))
         stack.send("keyrotor.rotate_realm", realm_id)
         wait_for(lambda: marker.exists(), 15, "the pause")
@@ -268,6 +295,7 @@ def event_ids(stack: Stack) -> list[str]:
         return list(session.scalars(select(Event.id).order_by(Event.seq)))
 
 
+@ONE_DATABASE
 def test_prune_events_drops_events_sent_before_the_retention_and_keeps_the_rest(
     database_url: str, redis_url: str, tmp_path: Path
 ) -> None:
@@ -292,6 +320,7 @@ def test_prune_events_drops_events_sent_before_the_retention_and_keeps_the_rest(
         stack.close()
 
 
+@ONE_DATABASE
 def test_one_prune_run_deletes_a_bounded_number_of_batches(stack: Stack) -> None:
     """The task's own code (in a process of its own: importing the Celery app reads settings)
     with batches of one event and three batches a run: four events past the default 7-day
@@ -312,6 +341,7 @@ print([tasks.prune_events.run() for _ in range(3)])
     assert len(event_ids(stack)) == 2
 
 
+@ONE_DATABASE
 def test_a_starting_worker_fills_the_key_pool_for_the_rsa_realms(
     database_url: str, redis_url: str, tmp_path: Path
 ) -> None:

@@ -1,4 +1,10 @@
-"""The outbox relay: in order per realm, each event once in the stream, nothing lost to Redis."""
+"""The outbox relay: in order per realm, each event once in the stream, nothing lost to Redis.
+
+The test with a real worker, beat and a Redis stopped and restarted runs once (`ONE_DATABASE`:
+on PostgreSQL when CI has it, else SQLite): what it adds is the processes and the outage, while
+the outbox's storage rules (each event once, in order, waiting while Redis is away) are checked
+on both backends by the other tests here and in tests/store/test_outbox.py.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy.exc import OperationalError
 
+from tests.conftest import ONE_DATABASE
 from tests.support.events import Collector, Events, make_events, outbox_ids
 from tests.support.replies import xrange
 from tests.support.stack import make_stack, wait_for
@@ -117,6 +124,7 @@ def test_with_redis_away_events_wait_in_the_outbox(service: Service) -> None:
     assert outbox.count_unpublished(service.sessions) == 1
 
 
+@ONE_DATABASE
 def test_events_made_while_redis_is_down_arrive_once_in_the_stream_and_at_a_subscriber(
     database_url: str, tmp_path: Path
 ) -> None:

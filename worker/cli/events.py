@@ -42,9 +42,10 @@ def events(
     ] = True,
 ) -> None:
     """Print realm.updated events as JSON lines, following the stream until Ctrl-C."""
+    from keyrotor_client.events import entry_id_of
+    from keyrotor_client.subscriber import Subscriber, check_since, history
+
     from worker import runtime
-    from worker.client.events import entry_id_of
-    from worker.client.subscriber import Subscriber, check_since, history
     from worker.core.errors import InvalidInput
 
     url = runtime.require_redis_url(settings())
@@ -84,7 +85,8 @@ def token_sign(
     iss: Issuer = None,
     jti: Annotated[str | None, typer.Option(help="Token id (jti).")] = None,
 ) -> None:
-    """Sign a token with the realm's active key and print it."""
+    """Sign a token with the realm's active key and print it; `iss` is the realm's issuer
+    (KEYROTOR_PUBLIC_URL/realms/<name>) unless --iss or the claims give one."""
     from worker.client.signer import Signer
     from worker.core.durations import parse_duration
     from worker.core.errors import InvalidInput
@@ -96,7 +98,8 @@ def token_sign(
     if not isinstance(body, dict):
         raise InvalidInput("Claims must be a JSON object")
     lifetime = parse_duration(ttl) if ttl is not None else None
-    token = Signer(service()).sign(realm, body, lifetime, aud=aud, iss=iss, jti=jti)
+    signer = Signer(service(), issuer_base=settings().issuer_base)
+    token = signer.sign(realm, body, lifetime, aud=aud, iss=iss, jti=jti)
     sys.stdout.write(token + "\n")
 
 
@@ -108,7 +111,8 @@ def token_verify(
     iss: Issuer = None,
 ) -> None:
     """Print a token's claims as JSON if it verifies; else one line why, exit status 1."""
-    from worker.client.verifier import KeyCache
+    from keyrotor_client.verifier import KeyCache
+
     from worker.core.errors import InvalidToken
     from worker.service.key_sources import ServiceKeys
 

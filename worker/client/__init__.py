@@ -1,3 +1,6 @@
-"""Libraries for services that verify or sign tokens and follow events.
+"""The signer, for services that sign tokens with a realm's key straight from the database.
 
-They import nothing of the server (no Celery, SQLAlchemy or FastAPI): only `worker.core`."""
+The verifier, the subscriber and the event wire format moved to the keyrotor-client
+distribution (`keyrotor_client`), which installs without the server; `worker.client.events`,
+`.verifier` and `.subscriber` still import from there for this release.
+"""

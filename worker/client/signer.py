@@ -4,6 +4,11 @@ Opening and loading a private key costs milliseconds (about 30 ms to validate RS
 it happens once per key, not per token. Feed the signer events
 (`Subscriber(redis_url, signer.on_event)`) and a rotation or revocation takes effect at once,
 without a restart; a revocation drops the old key before the new one is even loaded.
+
+Given `issuer_base` (keyrotor's own signers pass `Settings.issuer_base`: KEYROTOR_PUBLIC_URL),
+tokens carry the realm's issuer, `<issuer_base>/realms/<name>`: a verifier that knows only that
+URL finds the keys through the realm's discovery document, and tells one realm's tokens from
+another's.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class _Loaded:
     key: keys.SigningKey = field(repr=False)
     max_token_ttl: timedelta
     header: dict[str, str]  # {"kid": kid}, built once (PyJWT copies it)
+    issuer: str | None  # stamped as `iss` unless the caller sets one
 
 
 class SigningKeys(Protocol):
@@ -46,9 +52,12 @@ class SigningKeys(Protocol):
 class Signer:
     """Signs for many realms from one process; safe to share between threads."""
 
-    def __init__(self, service: SigningKeys, *, clock: Clock = utcnow) -> None:
+    def __init__(
+        self, service: SigningKeys, *, clock: Clock = utcnow, issuer_base: str | None = None
+    ) -> None:
         self.service = service
         self.clock = clock
+        self.issuer_base = issuer_base.rstrip("/") if issuer_base is not None else None
         # The default clock's timestamp, without building a datetime per token.
         self._now = time.time if clock is utcnow else lambda: clock().timestamp()
         self._loaded: dict[str, _Loaded] = {}  # by realm id
@@ -67,7 +76,8 @@ class Signer:
         jti: str | None = None,
     ) -> str:
         """A JWT with `kid`, `iat` and `exp` (now + `ttl`, at most the realm's max token ttl;
-        the max when not given), and `aud`, `iss`, `nbf`, `jti` when given."""
+        the max when not given), and `aud`, `iss`, `nbf`, `jti` when given. With `issuer_base`,
+        `iss` is the realm's issuer unless `iss` or the claims say otherwise."""
         loaded = self.loaded(realm)
         ttl = loaded.max_token_ttl if ttl is None else ttl
         # Plain statements on purpose: an HS256 encode takes ~20 µs, so each helper dict or
@@ -90,6 +100,8 @@ class Signer:
             body["aud"] = aud
         if iss is not None:
             body["iss"] = iss
+        elif loaded.issuer is not None and "iss" not in body:
+            body["iss"] = loaded.issuer
         if jti is not None:
             body["jti"] = jti
         if nbf is not None:
@@ -124,6 +136,11 @@ class Signer:
             key=key,
             max_token_ttl=active.max_token_ttl,
             header={"kid": active.kid},
+            issuer=(
+                keys.issuer(self.issuer_base, active.realm_name)
+                if self.issuer_base is not None
+                else None
+            ),
         )
         with self._lock:
             self._loaded[active.realm_id] = loaded

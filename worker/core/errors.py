@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+# The client's errors are the base of the tree: shared classes, so an `except InvalidToken`
+# catches what either side raises.
+from keyrotor_client.errors import (
+    DiscoveryError,
+    InvalidInput,
+    InvalidToken,
+    InvalidWebhook,
+    KeyrotorError,
+    NotFound,
+)
 
-class KeyrotorError(Exception):
-    """Base of every error keyrotor raises on purpose; its message is one line for a person."""
-
-
-class InvalidInput(KeyrotorError):
-    """The caller asked for something malformed or unsafe; nothing was changed."""
-
-    def __init__(self, *messages: str) -> None:
-        self.messages = list(messages) or ["Invalid input"]
-        super().__init__("; ".join(self.messages))
-
-
-class NotFound(KeyrotorError):
-    """No realm, key or admin key with that id or name."""
+__all__ = [
+    "ConfigError",
+    "Conflict",
+    "DiscoveryError",
+    "InvalidInput",
+    "InvalidToken",
+    "InvalidWebhook",
+    "KeyrotorError",
+    "NotFound",
+    "NotMigrated",
+    "SealError",
+    "Unauthenticated",
+]
 
 
 class Conflict(KeyrotorError):
@@ -33,10 +42,6 @@ class SealError(KeyrotorError):
 
 class NotMigrated(KeyrotorError):
     """The database schema is missing or behind: run `keyrotor migrate`."""
-
-
-class InvalidToken(KeyrotorError):
-    """A token did not verify; the message says why in one line, never quoting key material."""
 
 
 class Unauthenticated(KeyrotorError):

@@ -1,7 +1,9 @@
-"""Prefixed random identifiers: `rl_`, `jky_`, `evt_`, `aky_`, `kpl_`, `rot_` and `jsk_` secrets."""
+"""Prefixed random identifiers: `rl_`, `jky_`, `evt_`, `aky_`, `kpl_`, `rot_`, `whk_`, `whd_`,
+and `jsk_` and `whsec_` secrets."""
 
 from __future__ import annotations
 
+import base64
 import secrets
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -44,6 +46,19 @@ def pooled_key_id() -> str:
 
 def rotation_id() -> str:
     return new_id("rot")
+
+
+def webhook_id() -> str:
+    return new_id("whk")
+
+
+def delivery_id() -> str:
+    return new_id("whd")
+
+
+def webhook_secret() -> str:
+    """Standard Webhooks' form: `whsec_` and the standard base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def hmac_secret() -> str:

@@ -201,3 +201,9 @@ class ActiveKey:
     algo: str
     secret: bytes = field(repr=False)
     max_token_ttl: timedelta
+
+
+def issuer(issuer_base: str, realm_name: str) -> str:
+    """A realm's `iss`, and the URL its discovery document lives under: by name, since names
+    never change and are what an operator types into a gateway's configuration."""
+    return f"{issuer_base}/realms/{realm_name}"

@@ -30,7 +30,7 @@ from worker.core.errors import (
     NotMigrated,
     Unauthenticated,
 )
-from worker.http import admin, health, jwks_route
+from worker.http import admin, discovery_route, health, jwks_route, webhooks
 from worker.http.auth import AdminAuthenticator, challenge
 from worker.http.context import HttpContext, RedisHandle
 from worker.http.models import DURATION_FIELDS
@@ -41,9 +41,9 @@ from worker.store.admin_keys import AdminKeys
 log = logging.getLogger("keyrotor.http")
 
 DESCRIPTION = """\
-keyrotor's HTTP surface: each realm's JWKS (public, cacheable, open to every origin), the
-admin API in AuthRocket's shapes under `/v1` (every request needs an admin bearer token), and
-`/healthz` and `/metrics` for operators.
+keyrotor's HTTP surface: each realm's JWKS and OpenID Connect discovery document (public,
+cacheable, open to every origin), the admin API in AuthRocket's shapes under `/v1` (every
+request needs an admin bearer token), and `/healthz` and `/metrics` for operators.
 """
 
 FIELD_NAMES = {
@@ -98,9 +98,10 @@ def create_app(
         redis=RedisHandle(settings, redis_client),
         clock=clock,
     )
-    app.router.routes[:0] = jwks_route.ROUTES  # the hot route first
+    app.router.routes[:0] = [*jwks_route.ROUTES, *discovery_route.ROUTES]  # the hot route first
     app.add_middleware(jwks_route.FromMemory, ctx=app.state.keyrotor)
     app.include_router(admin.router)
+    app.include_router(webhooks.router)
     app.include_router(health.router)
     _map_errors(app)
     _document_errors_truthfully(app)
@@ -108,13 +109,13 @@ def create_app(
 
 
 def _document_errors_truthfully(app: FastAPI) -> None:
-    """The OpenAPI document, truthful: it describes the JWKS route (a plain Starlette route,
-    which FastAPI does not see), and where FastAPI documents its own 422 body (`{"detail":
-    [...]}`) it says ours, `{"errors": [...]}`."""
+    """The OpenAPI document, truthful: it describes the JWKS and discovery routes (plain
+    Starlette routes, which FastAPI does not see), and where FastAPI documents its own 422 body
+    (`{"detail": [...]}`) it says ours, `{"errors": [...]}`."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            routes = [jwks_route.DOCUMENTED, *app.routes]
+            routes = [jwks_route.DOCUMENTED, discovery_route.DOCUMENTED, *app.routes]
             schema = get_openapi(
                 title=app.title, version=app.version, description=app.description, routes=routes
             )
@@ -249,6 +250,8 @@ def _human(detail: Any) -> str:
             return f"{label} must be true or false"
         case "model_type" | "model_attributes_type" | "dict_type":
             return f"{label} must be an object"
+        case "list_type":
+            return f"{label} must be a list"
         case "literal_error":
             return f"{label} must be {ctx.get('expected', 'one of the allowed values')}"
         case "string_too_long":

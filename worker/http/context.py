@@ -123,11 +123,13 @@ CORS = {
 @dataclass(frozen=True)
 class Document:
     """A realm's JWKS as the route serves it, with the headers that do not change encoded once
-    (for a 304, and for a 200: the same plus the content's)."""
+    (for a 304, and for a 200: the same plus the content's). `realm_name` is what the discovery
+    document's issuer needs; None from a Redis copy that does not say."""
 
     body: bytes
     etag: str
     next_change_at: datetime | None
+    realm_name: str | None = None
     headers_304: list[tuple[bytes, bytes]] = field(init=False, repr=False, compare=False)
     headers_200: list[tuple[bytes, bytes]] = field(init=False, repr=False, compare=False)
 

@@ -102,7 +102,7 @@ def _from_redis(ctx: HttpContext, ref: str) -> Document | None:
         return None  # not written by our publisher: the database knows
     if next_at is not None and next_at.tzinfo is None:
         return None
-    return Document(document.encode(), etag, next_at)
+    return Document(document.encode(), etag, next_at, realm_name)
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -114,7 +114,7 @@ def _from_database(ctx: HttpContext, ref: str) -> Document:
     if publication.realm_id != ref:
         ctx.names.put(ref, publication.realm_id)
     body = jwks.body(publication.jwks)
-    return Document(body, jwks.etag(body), publication.next_change_at)
+    return Document(body, jwks.etag(body), publication.next_change_at, publication.realm_name)
 
 
 def load(ctx: HttpContext, ref: str, generation: int) -> Document:

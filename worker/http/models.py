@@ -2,17 +2,19 @@
 
 The response models describe what `worker.service.wire` produces, field for field and in
 order (a test checks); they validate answers but build none. Requests use AuthRocket's
-envelopes, `{"jwt_key": {...}}`, `{"realm": {...}}` and `{"rotation": {...}}`.
+envelopes, `{"jwt_key": {...}}`, `{"realm": {...}}`, `{"rotation": {...}}` and
+`{"webhook": {...}}`.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, NotRequired
+from typing import Annotated, Literal, NotRequired, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import TypedDict
 
 from worker.core import keys
+from worker.core.webhooks import MAX_URL
 
 Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 Duration = Annotated[
@@ -198,3 +200,142 @@ class Jwk(TypedDict):
 
 class JwkSet(BaseModel):
     keys: list[Jwk]
+
+
+class OpenIdConfiguration(BaseModel):
+    """The part of OpenID Connect Discovery a token verifier reads: who issues the realm's
+    tokens and where their keys are."""
+
+    issuer: str = Field(
+        description="`<KEYROTOR_PUBLIC_URL>/realms/<name>`: the `iss` of the realm's tokens.",
+        examples=["https://keys.example.com/realms/acme"],
+    )
+    jwks_uri: str = Field(examples=["https://keys.example.com/realms/acme/.well-known/jwks.json"])
+    response_types_supported: list[Literal["id_token"]]
+    subject_types_supported: list[Literal["public"]]
+    id_token_signing_alg_values_supported: list[keys.PublicAlg] = Field(
+        description="The `alg` of every key the realm's JWKS lists: what its tokens may carry."
+    )
+
+
+EventReason = Literal[
+    "realm.created",
+    "realm.policy_changed",
+    "key.created",
+    "key.activated",
+    "key.rotated",
+    "key.expired",
+    "key.deleted",
+    "key.revoked",
+]
+"""`keyrotor_client.events.REASONS`, spelled out for the schema (a test checks they agree)."""
+REASONS_HELP = (
+    "Only events with one of these reasons; null: every reason. One or more of "
+    + ", ".join(f"`{reason}`" for reason in get_args(EventReason))
+    + "."
+)
+# Requests take any strings here, so the service can name the unknown ones; the schema still
+# lists the reasons.
+RequestReason = Annotated[str, Field(json_schema_extra={"enum": list(get_args(EventReason))})]
+WEBHOOK_URL_HELP = (
+    "Where deliveries are POSTed: https:// (http:// only with KEYROTOR_WEBHOOK_ALLOW_HTTP), to"
+    " a host whose every address is public (unless KEYROTOR_WEBHOOK_ALLOW_PRIVATE)."
+)
+REALM_FILTER_HELP = "Only this realm's events (id or name; answered as the id); null: every realm."
+
+
+class Webhook(BaseModel):
+    """An endpoint that receives realm events over HTTP, signed as Standard Webhooks."""
+
+    id: str = Field(examples=["whk_0vSb3RMdQh1XYEdDoJGh4P"])
+    object: Literal["webhook"]
+    url: str
+    realm_id: str | None = Field(description="Only this realm's events; null: every realm.")
+    reasons: list[EventReason] | None = Field(
+        description="Only events with these reasons; null: every reason."
+    )
+    enabled: bool = Field(
+        description="False: nothing is sent. Set false by keyrotor after an endpoint has failed"
+        " for KEYROTOR_WEBHOOK_RETRY_FOR."
+    )
+    created_at: Timestamp
+
+
+class WebhookWithSecret(Webhook):
+    """A webhook as created or with a new secret: the one answer that carries the secret."""
+
+    secret: str = Field(
+        description="`whsec_` and the base64 of 32 random bytes: the key of the deliveries'"
+        " HMAC-SHA256 signatures. Shown only in this answer.",
+        examples=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw8zPGvLxjUcU="],
+    )
+
+
+class WebhookPage(BaseModel):
+    more_results: bool
+    collection: list[Webhook]
+
+
+class WebhookDelivery(BaseModel):
+    """One event sent (or to be sent) to one webhook, and how its attempts went."""
+
+    id: str = Field(examples=["whd_0vSb3RMdQh1XYEdDoJGh4P"])
+    object: Literal["webhook_delivery"]
+    webhook_id: str
+    event_id: str | None = Field(
+        description="The event sent (the `webhook-id` header); null for a `webhook.disabled`"
+        " entry, which records why the webhook was disabled."
+    )
+    state: Literal["pending", "delivered", "failed"] = Field(
+        description="`failed`: given up after KEYROTOR_WEBHOOK_RETRY_FOR (or the webhook was"
+        " disabled); a retry makes it `pending` again."
+    )
+    attempts: int
+    last_status: int | None = Field(description="The HTTP status of the last attempt.")
+    last_error: str | None = Field(
+        description="Why the last attempt failed: `HTTP 500`, a timeout, a refused address."
+    )
+    next_attempt_at: Timestamp | None = Field(description="When it is tried next, if pending.")
+    delivered_at: Timestamp | None
+    created_at: Timestamp
+
+
+class WebhookDeliveryPage(BaseModel):
+    more_results: bool
+    collection: list[WebhookDelivery]
+
+
+class NewWebhook(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(max_length=MAX_URL, description=WEBHOOK_URL_HELP)
+    realm_id: str | None = Field(default=None, description=REALM_FILTER_HELP)
+    reasons: list[RequestReason] | None = Field(default=None, description=REASONS_HELP)
+    enabled: bool = Field(default=True, description="False: create it without sending yet.")
+
+
+class NewWebhookEnvelope(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    webhook: NewWebhook
+
+
+class WebhookChanges(BaseModel):
+    """Only the fields given change; `realm_id` and `reasons` given as null mean every realm
+    and every reason (`url` and `enabled` cannot be null)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(default=None, max_length=MAX_URL, description=WEBHOOK_URL_HELP)
+    realm_id: str | None = Field(default=None, description=REALM_FILTER_HELP)
+    reasons: list[RequestReason] | None = Field(default=None, description=REASONS_HELP)
+    enabled: bool | None = Field(
+        default=None,
+        description="False: stop sending; true: send again, with a fresh retry window.",
+    )
+
+
+class WebhookChangesEnvelope(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    webhook: WebhookChanges

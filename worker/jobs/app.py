@@ -12,8 +12,7 @@ from celery.signals import setup_logging
 from worker.core.errors import ConfigError
 from worker.jobs.broker import guard_detached_channels
 from worker.ops.logs import configure_logging
-from worker.runtime import require_redis_url
-from worker.settings import Settings, load_settings
+from worker.settings import Settings, load_settings, require_redis_url
 
 # Longer than any task time limit or retry delay, so Redis never redelivers a task that is
 # still running or waiting to retry (docs/architecture.md: "Two of anything at once").
@@ -24,6 +23,7 @@ RELAY_EVERY = 2.0
 # The outbox retention is days; sweeping it every 10 minutes keeps each run's share small.
 PRUNE_EVERY = 600.0
 POOL_EVERY = 60.0
+WEBHOOK_QUEUE = "keyrotor.webhooks"
 
 
 def make_app(settings: Settings, broker_url: str) -> Celery:
@@ -31,7 +31,9 @@ def make_app(settings: Settings, broker_url: str) -> Celery:
     tick = settings.tick.total_seconds()
     sweep = min(60.0, tick * 6)
     app = Celery(
-        "keyrotor", broker=broker_url, include=["worker.jobs.tasks", "worker.jobs.mass_rotation"]
+        "keyrotor",
+        broker=broker_url,
+        include=["worker.jobs.tasks", "worker.jobs.mass_rotation", "worker.jobs.webhooks"],
     )
     app.conf.update(
         task_serializer="json",
@@ -53,6 +55,8 @@ def make_app(settings: Settings, broker_url: str) -> Celery:
         enable_utc=True,
         # In-memory schedule plus a heartbeat in Redis for `keyrotor doctor` (worker/jobs/beat.py).
         beat_scheduler="worker.jobs.beat:HeartbeatScheduler",
+        # Webhook deliveries wait on other people's servers: their own queue and worker.
+        task_routes={"keyrotor.deliver_webhook": {"queue": WEBHOOK_QUEUE}},
         beat_schedule={
             # A beat message not picked up within its period is dropped: the next one replaces it.
             "rotate-due": _every("keyrotor.rotate_due", tick),
@@ -63,6 +67,8 @@ def make_app(settings: Settings, broker_url: str) -> Celery:
             "prune-events": _every("keyrotor.prune_events", PRUNE_EVERY),
             # Tops the RSA key pool up; a run with a full pool is one small GROUP BY.
             "fill-key-pool": _every("keyrotor.fill_key_pool", POOL_EVERY),
+            # Retries of webhook deliveries, and any whose sender was lost.
+            "send-webhooks": _every("keyrotor.send_webhooks", RELAY_EVERY),
         },
     )
     return app

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import redis
+from keyrotor_client.events import redis_client
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker import runtime
-from worker.client.events import redis_client
 from worker.core.durations import format_duration
 from worker.core.errors import ConfigError, InvalidInput, SealError
 from worker.core.sealing import MasterKeys, load_or_create_key_file

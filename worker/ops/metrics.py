@@ -19,17 +19,18 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 import redis
+from keyrotor_client.events import REASONS
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
-from worker.client.events import REASONS
 from worker.core.keys import POOLED_ALGOS, RSA_BITS
 from worker.core.lifecycle import State
 from worker.publish.heartbeat import HEARTBEAT_KEY, parse_heartbeat
 from worker.publish.relay import EVENTS_RELAYED
+from worker.publish.webhooks import OUTCOMES, WEBHOOK_OUTCOMES
 from worker.service import Service
 from worker.store import stats
 
@@ -136,7 +137,12 @@ class KeyrotorCollector(Collector):
             " (`keyrotor doctor --check jwks` compares each realm).",
         )
         lagging.add_metric([], found.unrelayed.realms)
-        return [keys, realms, overdue, oldest, backlog, lag, lagging, self._pool()]
+        waiting = GaugeMetricFamily(
+            "keyrotor_webhook_oldest_undelivered_seconds",
+            "Age of the oldest webhook delivery still waiting to be delivered (0 when none).",
+        )
+        waiting.add_metric([], _seconds(self.now, self.service.oldest_undelivered()))
+        return [keys, realms, overdue, oldest, backlog, lag, lagging, waiting, self._pool()]
 
     def _pool(self) -> Metric:
         """Every pooled kind, zero or not, so the series stay the same six."""
@@ -157,7 +163,8 @@ class KeyrotorCollector(Collector):
         pipe.get(ROTATION_FAILURES)
         pipe.hmget(EVENTS_RELAYED, REASONS)
         pipe.hgetall(HEARTBEAT_KEY)
-        failed, counted, heartbeat = pipe.execute()
+        pipe.hmget(WEBHOOK_OUTCOMES, OUTCOMES)
+        failed, counted, heartbeat, webhooks = pipe.execute()
         by_reason = {reason: int(n or 0) for reason, n in zip(REASONS, counted, strict=True)}
         relayed = CounterMetricFamily(
             "keyrotor_events_relayed",
@@ -182,7 +189,15 @@ class KeyrotorCollector(Collector):
             "Unix time of the beat scheduler's last heartbeat (0 when never seen).",
         )
         seen.add_metric([], beat.at.timestamp() if beat is not None else 0.0)
-        return [relayed, rotations, failures, seen]
+        deliveries = CounterMetricFamily(
+            "keyrotor_webhook_deliveries",
+            "Webhook delivery attempts by outcome: delivered, retrying (failed, tried again"
+            " later), failed (given up after KEYROTOR_WEBHOOK_RETRY_FOR).",
+            labels=["outcome"],
+        )
+        for outcome, count in zip(OUTCOMES, webhooks, strict=True):
+            deliveries.add_metric([outcome], int(count or 0))
+        return [relayed, rotations, failures, seen, deliveries]
 
 
 def exposition(

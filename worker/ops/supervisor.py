@@ -28,9 +28,9 @@ from urllib.parse import quote
 
 import psutil
 import redis
+from keyrotor_client.events import redis_client
 
 from worker import runtime
-from worker.client.events import redis_client
 from worker.core.errors import ConfigError, Conflict, NotFound
 from worker.ops.logs import configure_logging, shown_url
 from worker.settings import Settings, load_settings
@@ -94,8 +94,22 @@ def worker_answers(_settings: Settings, redis_url: str) -> bool:
         app.close()
 
 
+# The webhook worker's options, as the Procfile and deploy/ run it too.
+WEBHOOK_WORKER = (
+    "-Q",
+    "keyrotor.webhooks",
+    "-P",
+    "threads",
+    "--concurrency",
+    "8",
+    "-n",
+    "webhooks@%h",
+)
+
+
 def celery_children() -> list[Child]:
-    """The default pair: one worker with two pool processes, and the one beat scheduler."""
+    """One worker with two pool processes, the webhook worker (threads: sending is waiting
+    on other servers, on a queue of its own) and the one beat scheduler."""
     celery = [sys.executable, "-m", "celery", "-A", "worker"]
     return [
         Child(
@@ -103,8 +117,18 @@ def celery_children() -> list[Child]:
             [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2", "-n", "keyrotor@%h"],
             ready=worker_answers,
         ),
+        Child("webhooks", [*celery, "worker", "--loglevel", "INFO", *WEBHOOK_WORKER]),
         Child("beat", [*celery, "beat", "--loglevel", "INFO"]),  # its schedule is in memory
     ]
+
+
+def _laptop_webhooks(settings: Settings) -> dict[str, str]:
+    """In development, webhooks may go to http:// and to this machine's own network (a
+    receiver on localhost), unless the settings say otherwise; production keeps the rules."""
+    if settings.env != "development":
+        return {}
+    unset = {"webhook_allow_http", "webhook_allow_private"} - settings.model_fields_set
+    return {f"KEYROTOR_{name.upper()}": "true" for name in sorted(unset)}
 
 
 def banner(settings: Settings, realm: str) -> str:
@@ -290,6 +314,7 @@ def serve(
             url = settings.redis_url
             log.info("redis %s", shown_url(url))
         env = {
+            **_laptop_webhooks(settings),
             **os.environ,
             **{f"KEYROTOR_{name.upper()}": value for name, value in overrides.items()},
             "KEYROTOR_REDIS_URL": url,

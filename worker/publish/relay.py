@@ -12,16 +12,18 @@ The same script counts each event it appends, by reason, for `/metrics`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from worker.client.events import CHANNEL, RELAYED_TTL, STREAM, encode, relayed_key
 from worker.core.clock import Clock, rfc3339, utcnow
 from worker.publish.jwks import Publisher, publish_realm
 from worker.service import Publication, Service
+from worker.service.webhooks import Dispatch
 from worker.store import outbox
 from worker.store.models import Event
 
@@ -62,6 +64,8 @@ class Relay:
 
     With a `publisher`, a realm's JWKS is published (if Redis lags) before its events go out,
     so a subscriber that refetches on an event never reads an older key set than it announces.
+    Stamping events sent also queues their webhook deliveries (same transaction), which
+    `dispatch` hands to the senders at once; any it could not hand over are swept later.
     """
 
     def __init__(
@@ -71,12 +75,14 @@ class Relay:
         *,
         maxlen: int = 100_000,
         publisher: Publisher | None = None,
+        dispatch: Callable[[Sequence[Dispatch]], None] | None = None,
         clock: Clock = utcnow,
     ) -> None:
         self.service = service
         self.redis = client
         self.maxlen = maxlen
         self.publisher = publisher
+        self.dispatch = dispatch
         self.clock = clock
         self._relay_once = client.register_script(_RELAY_ONCE)
 
@@ -98,18 +104,37 @@ class Relay:
         if sending:
             pipe = self.redis.pipeline(transaction=False)
             ttl = int(RELAYED_TTL.total_seconds())
+            bodies = {event.id: encode(payload(event)) for event in sending}
             for event in sending:
                 self._relay_once(
                     keys=[relayed_key(event.id), STREAM, EVENTS_RELAYED],
-                    args=[encode(payload(event)), self.maxlen, ttl, CHANNEL, event.reason],
+                    args=[bodies[event.id], self.maxlen, ttl, CHANNEL, event.reason],
                     client=pipe,
                 )
             entries = pipe.execute()
-            outbox.mark_published(self.service.sessions, [e.seq for e in sending], self.clock())
+            dispatches: list[Dispatch] = []
+
+            def queue_deliveries(session: Session, stamped: set[int]) -> None:
+                sent = [event for event in sending if event.seq in stamped]
+                lease = self.dispatch is not None  # else the sweep sends them
+                dispatches.extend(self.service.queue_deliveries(session, sent, bodies, lease=lease))
+
+            seqs = [e.seq for e in sending]
+            outbox.mark_published(self.service.sessions, seqs, self.clock(), queue_deliveries)
             repeats = sum(1 for entry in entries if entry is None)
             if repeats:
                 log.info("%d event(s) had been relayed already (another relay)", repeats)
+            self._hand_over(dispatches)
         return len(sending)
+
+    def _hand_over(self, dispatches: Sequence[Dispatch]) -> None:
+        """Webhook deliveries to their senders; the sweep finds any not handed over."""
+        if not dispatches or self.dispatch is None:
+            return
+        try:
+            self.dispatch(dispatches)
+        except Exception as error:  # the broker away: deliveries wait for their lease to end
+            log.warning("webhook deliveries not handed over (%s); the sweep will send them", error)
 
     def after_commit(self, realm_id: str) -> int:
         """What follows every committed change, from a task, the HTTP API or the CLI alike: the

@@ -13,6 +13,7 @@ from worker.core.clock import Clock, utcnow
 from worker.core.errors import InvalidInput, NotFound
 from worker.core.lifecycle import Key, State
 from worker.core.sealing import MasterKeys
+from worker.core.webhooks import WebhookPolicy
 from worker.service.policy import Limits
 from worker.service.views import Page
 from worker.store.models import JwtKey, Realm
@@ -22,7 +23,8 @@ T = TypeVar("T")
 
 
 class ServiceBase:
-    """The database, the master keys that seal secrets, the policy limits and the clock."""
+    """The database, the master keys that seal secrets, the policy and webhook limits and the
+    clock."""
 
     def __init__(
         self,
@@ -30,11 +32,13 @@ class ServiceBase:
         master_keys: MasterKeys,
         limits: Limits | None = None,
         clock: Clock = utcnow,
+        webhooks: WebhookPolicy | None = None,
     ) -> None:
         self.sessions = sessions
         self.master_keys = master_keys
         self.limits = limits or Limits()
         self.clock = clock
+        self.webhook_policy = webhooks or WebhookPolicy()
 
     def _realm(self, session: Session, ref: str, *, lock: bool = False) -> Realm:
         column = Realm.id if ids.looks_like("rl", ref) else Realm.name

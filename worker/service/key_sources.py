@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.client.verifier import KeySet, VerifyingKey
+from keyrotor_client.verifier import KeySet, VerifyingKey
+
 from worker.core import keys
 from worker.service import Service
 

@@ -1,4 +1,5 @@
-"""Master key rotation: re-seal every stored secret under the first master key."""
+"""Master key rotation: re-seal every stored secret (keys, pooled keys, webhook secrets) under
+the first master key."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from sqlalchemy import func, select
 from worker.core import keys
 from worker.core.errors import SealError
 from worker.service.base import ServiceBase
+from worker.service.webhooks import SEALED_AS
 from worker.store.db import transaction
-from worker.store.models import JwtKey, PooledKey
+from worker.store.models import JwtKey, PooledKey, Webhook
 
-Sealed = TypeVar("Sealed", JwtKey, PooledKey)
+Sealed = TypeVar("Sealed", JwtKey, PooledKey, Webhook)
+SEALED = (JwtKey, PooledKey, Webhook)
 
 
 class Rewrapping(ServiceBase):
@@ -23,8 +26,8 @@ class Rewrapping(ServiceBase):
     def rewrap(
         self, *, batch: int = 200, progress: Callable[[int, int], None] | None = None
     ) -> int:
-        """Re-seal every secret, realm keys then pooled keys, under the first master key, a
-        committed batch at a time.
+        """Re-seal every secret, realm keys, pooled keys then webhook secrets, under the first
+        master key, a committed batch at a time.
 
         Interrupted, it resumes where it stopped: keys already under the first master key are
         skipped. Returns how many keys it re-sealed.
@@ -32,16 +35,23 @@ class Rewrapping(ServiceBase):
         with transaction(self.sessions, read_only=True) as session:
             total = sum(
                 int(session.scalar(select(func.count()).select_from(model)) or 0)
-                for model in (JwtKey, PooledKey)
+                for model in SEALED
             )
         done = rewrapped = 0
-        pages = chain(self._rewrap_pages(JwtKey, batch), self._rewrap_pages(PooledKey, batch))
+        pages = chain(
+            self._rewrap_pages(JwtKey, batch),
+            self._rewrap_pages(PooledKey, batch),
+            self._rewrap_pages(Webhook, batch),
+        )
         for read, resealed in pages:
             done += read
             rewrapped += resealed
             if progress is not None:
                 progress(done, total)
         return rewrapped
+
+    def _reseal(self, row: JwtKey | PooledKey | Webhook, sealed: bytes) -> bytes:
+        return self.master_keys.rewrap(sealed, realm_id=_sealed_for(row), key_id=row.id)
 
     def _rewrap_pages(self, model: type[Sealed], batch: int) -> Iterator[tuple[int, int]]:
         """One table's rows in id order, a committed batch at a time; yields (read, re-sealed).
@@ -60,12 +70,14 @@ class Rewrapping(ServiceBase):
                     if self.master_keys.is_current(row.sealed_secret):
                         continue
                     try:
-                        row.sealed_secret = self.master_keys.rewrap(
-                            row.sealed_secret, realm_id=_sealed_for(row), key_id=row.id
-                        )
+                        row.sealed_secret = self._reseal(row, row.sealed_secret)
+                        if isinstance(row, Webhook) and row.previous_sealed_secret is not None:
+                            row.previous_sealed_secret = self._reseal(
+                                row, row.previous_sealed_secret
+                            )
                         resealed += 1
                     except SealError:
-                        if isinstance(row, JwtKey):
+                        if not isinstance(row, PooledKey):
                             raise
                         session.delete(row)
             if not rows:
@@ -74,6 +86,8 @@ class Rewrapping(ServiceBase):
             yield len(rows), resealed
 
 
-def _sealed_for(row: JwtKey | PooledKey) -> str:
-    """The realm id a row's secret is sealed with: its realm's, or the pool's."""
-    return row.realm_id if isinstance(row, JwtKey) else keys.POOL_REALM
+def _sealed_for(row: JwtKey | PooledKey | Webhook) -> str:
+    """The realm part a row's secret is sealed with: its realm's id, the pool's or webhooks'."""
+    if isinstance(row, JwtKey):
+        return row.realm_id
+    return keys.POOL_REALM if isinstance(row, PooledKey) else SEALED_AS

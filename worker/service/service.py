@@ -11,8 +11,9 @@ from worker.service.keys import JwtKeys
 from worker.service.mass import MassRotations
 from worker.service.realms import Realms
 from worker.service.rewrap import Rewrapping
+from worker.service.webhooks import Webhooks
 
 
-class Service(Realms, JwtKeys, BatchRotation, Rewrapping, MassRotations):
+class Service(Realms, JwtKeys, BatchRotation, Rewrapping, MassRotations, Webhooks):
     """Realm and key CRUD, rotation (a realm or a batch at a time) and purge, publication
-    and signing keys, rewrap, the pool of ready RSA keys."""
+    and signing keys, rewrap, the pool of ready RSA keys, webhooks and their deliveries."""

@@ -1,4 +1,5 @@
-"""AuthRocket's JSON for realms, keys, pages and rotations: the one producer of that shape.
+"""AuthRocket's JSON for realms, keys, pages, rotations and webhooks: the one producer of that
+shape.
 
 The HTTP admin API answers with it and the CLI prints it for `--json`; `worker.http.models`
 describes the same shape for OpenAPI. Timestamps are RFC 3339 in UTC, durations whole seconds.
@@ -11,6 +12,7 @@ from typing import Any
 
 from worker.core.clock import rfc3339
 from worker.service.views import KeyView, Page, RealmView, RotationProgress, RotationView
+from worker.service.webhooks import DeliveryView, WebhookView
 
 
 def realm_json(view: RealmView) -> dict[str, Any]:
@@ -74,6 +76,46 @@ def rotation_json(view: RotationView, progress: RotationProgress) -> dict[str, A
         "failed_realm_ids": list(progress.failed_realm_ids),
         "state": view.state(progress),
         "created_at": rfc3339(view.created_at),
+    }
+
+
+def webhook_json(view: WebhookView, secret: str | None = None) -> dict[str, Any]:
+    """A webhook; its `secret` only in the answer that made it (creation, rotation)."""
+    found = {
+        "id": view.id,
+        "object": "webhook",
+        "url": view.url,
+        "realm_id": view.realm_id,
+        "reasons": view.reasons,
+        "enabled": view.enabled,
+        "created_at": rfc3339(view.created_at),
+    }
+    return found if secret is None else {**found, "secret": secret}
+
+
+def delivery_json(view: DeliveryView) -> dict[str, Any]:
+    return {
+        "id": view.id,
+        "object": "webhook_delivery",
+        "webhook_id": view.webhook_id,
+        "event_id": view.event_id,
+        "state": view.state,
+        "attempts": view.attempts,
+        "last_status": view.last_status,
+        "last_error": view.last_error,
+        "next_attempt_at": rfc3339(view.next_attempt_at),
+        "delivered_at": rfc3339(view.delivered_at),
+        "created_at": rfc3339(view.created_at),
+    }
+
+
+def webhook_page_json(page: Page[WebhookView] | Page[DeliveryView]) -> dict[str, Any]:
+    return {
+        "more_results": page.more_results,
+        "collection": [
+            webhook_json(v) if isinstance(v, WebhookView) else delivery_json(v)
+            for v in page.collection
+        ],
     }
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -115,6 +117,8 @@ class Event(Base):
     key_ids: Mapped[list[str]] = mapped_column(JSON)
     jwks_version: Mapped[int] = mapped_column(Integer)
     event_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Who asked: an admin key id, `cli:<OS user>`, `scheduler` or `system`.
+    actor: Mapped[str] = mapped_column(String(64), server_default="system")
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
@@ -173,6 +177,65 @@ class MassRotation(Base):
     queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
+class Webhook(Base):
+    """An HTTP endpoint that receives events, signed with its secret (sealed like keys).
+
+    After a secret rotation the previous secret keeps signing, beside the new one, until
+    `previous_until`. `failing_since` is the first failed attempt since the last success.
+    """
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    realm_id: Mapped[str | None] = mapped_column(String(32))
+    reasons: Mapped[list[str] | None] = mapped_column(JSON)
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    sealed_secret: Mapped[bytes] = mapped_column(LargeBinary)
+    previous_sealed_secret: Mapped[bytes | None] = mapped_column(LargeBinary)
+    previous_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook, written when the relay sends the event, so a crash or a
+    Redis outage loses none. A sender holds it under `lease` until `next_attempt_at`; an
+    entry without an event records the webhook being disabled."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_id: Mapped[str | None] = mapped_column(String(32))
+    # The event's place in the outbox: a webhook's deliveries go out in commit order.
+    event_seq: Mapped[int | None] = mapped_column(Integer)
+    body: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(10))
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_response: Mapped[str | None] = mapped_column(Text)
+    lease: Mapped[str | None] = mapped_column(String(32))
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    first_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        UniqueConstraint("webhook_id", "event_id"),
+        Index("ix_webhook_deliveries_webhook_id_id", "webhook_id", "id"),
+        # The sweep finds due deliveries, and /metrics the oldest, without reading the rest.
+        Index(
+            "ix_webhook_deliveries_pending",
+            "next_attempt_at",
+            sqlite_where=text("state = 'pending'"),
+            postgresql_where=text("state = 'pending'"),
+        ),
+    )
+
+
 class AdminKey(Base):
     """A public key that may sign admin API tokens; the private half is never stored."""
 
@@ -180,4 +243,6 @@ class AdminKey(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     public_pem: Mapped[str] = mapped_column(Text)
+    # What its tokens may do (worker.core.scopes); keys made before scopes have `admin`.
+    scopes: Mapped[list[str]] = mapped_column(JSON, server_default='["admin"]')
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -8,7 +8,7 @@ record: `prune` deletes it after the retention, and never a row the relay has st
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -26,16 +26,28 @@ def unpublished(sessions: sessionmaker[Session], limit: int) -> list[Event]:
         return list(session.scalars(query))
 
 
-def mark_published(sessions: sessionmaker[Session], seqs: Sequence[int], at: datetime) -> None:
-    """Stamp events as sent; running it twice (two relays) changes nothing the second time."""
+def mark_published(
+    sessions: sessionmaker[Session],
+    seqs: Sequence[int],
+    at: datetime,
+    then: Callable[[Session, set[int]], None] | None = None,
+) -> None:
+    """Stamp events as sent; running it twice (two relays) changes nothing the second time.
+    `then` runs in the same transaction with the events this call stamped (never one a
+    racing relay stamped), so what follows from sending an event happens exactly once."""
     if not seqs:
         return
     with transaction(sessions) as session:
-        session.execute(
-            update(Event)
-            .where(Event.seq.in_(list(seqs)), Event.published_at.is_(None))
-            .values(published_at=at)
+        stamped = set(
+            session.scalars(
+                update(Event)
+                .where(Event.seq.in_(list(seqs)), Event.published_at.is_(None))
+                .values(published_at=at)
+                .returning(Event.seq)
+            )
         )
+        if then is not None:
+            then(session, stamped)
 
 
 def count_unpublished(sessions: sessionmaker[Session]) -> int:

@@ -1,0 +1,199 @@
+"""The webhook routes of the admin API: `/v1/webhooks` and each webhook's delivery log.
+
+Handlers translate HTTP into service calls and nothing more: the rules (which URLs may be
+called, which reasons exist) live in the service, and its refusals reach the client through
+the error mapping in `worker.http.app`. Plain `def`s: checking a URL resolves its host, which
+blocks, so FastAPI runs them in its thread pool.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from worker.core.errors import InvalidInput, NotFound
+from worker.http.admin import NOT_FOUND, UNAUTHORIZED, require_admin
+from worker.http.context import clean_ref, context
+from worker.http.models import (
+    NewWebhookEnvelope,
+    Webhook,
+    WebhookChangesEnvelope,
+    WebhookDelivery,
+    WebhookDeliveryPage,
+    WebhookPage,
+    WebhookWithSecret,
+)
+from worker.service import MAX_RESULTS
+from worker.service.wire import delivery_json, webhook_json, webhook_page_json
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)], responses=UNAUTHORIZED)
+
+After = Annotated[
+    str | None, Query(max_length=100, description="Start after this id (the last one seen).")
+]
+MaxResults = Annotated[int, Query(ge=1, le=MAX_RESULTS, description="Page size, 1-100.")]
+Direction = Annotated[
+    Literal["asc", "desc"], Query(description="Sort direction (by id, newest first by default).")
+]
+
+
+def _after(value: str | None) -> str | None:
+    if value is not None and not value.isprintable():
+        raise InvalidInput("After must be an id")
+    return value
+
+
+def _realm(ref: str | None) -> str | None:
+    """A realm named in a body: one no id or name could be is not found, as an unknown one."""
+    if ref:
+        try:
+            return clean_ref(ref)
+        except NotFound:
+            raise InvalidInput("Realm not found") from None
+    return ref
+
+
+# -- webhooks ------------------------------------------------------------------------------------
+
+
+@router.get("/webhooks", response_model=WebhookPage, tags=["webhooks"])
+def list_webhooks(
+    request: Request,
+    after: After = None,
+    max_results: MaxResults = MAX_RESULTS,
+    direction: Direction = "desc",
+) -> dict[str, Any]:
+    """List webhooks, newest id first unless `direction=asc`; secrets are never listed."""
+    page = context(request).service.list_webhooks(
+        after=_after(after), max_results=max_results, direction=direction
+    )
+    return webhook_page_json(page)
+
+
+@router.get(
+    "/webhooks/{webhook_id}", response_model=Webhook, tags=["webhooks"], responses=NOT_FOUND
+)
+def get_webhook(request: Request, webhook_id: str) -> dict[str, Any]:
+    """One webhook, without its secret."""
+    return webhook_json(context(request).service.webhook(clean_ref(webhook_id)))
+
+
+@router.post("/webhooks", status_code=201, response_model=WebhookWithSecret, tags=["webhooks"])
+def create_webhook(request: Request, body: NewWebhookEnvelope) -> dict[str, Any]:
+    """Create a webhook; the answer carries its `secret`, which is never shown again.
+
+    The URL is refused with 422 when it is not https (unless KEYROTOR_WEBHOOK_ALLOW_HTTP) or
+    its host resolves to a loopback, private, link-local or metadata address (unless
+    KEYROTOR_WEBHOOK_ALLOW_PRIVATE). An unknown realm is refused with 422 too.
+    """
+    fields = body.webhook
+    try:
+        view, secret = context(request).service.create_webhook(
+            fields.url,
+            realm_id=_realm(fields.realm_id),
+            reasons=fields.reasons,
+            enabled=fields.enabled,
+        )
+    except NotFound:
+        raise InvalidInput("Realm not found") from None
+    return webhook_json(view, secret)
+
+
+def _update(request: Request, webhook_id: str, body: WebhookChangesEnvelope) -> dict[str, Any]:
+    service = context(request).service
+    ref = clean_ref(webhook_id)
+    changes = {name: getattr(body.webhook, name) for name in body.webhook.model_fields_set}
+    if "realm_id" in changes:
+        changes["realm_id"] = _realm(changes["realm_id"])
+    try:
+        return webhook_json(service.update_webhook(ref, changes))
+    except NotFound:
+        if not changes.get("realm_id"):
+            raise
+        service.webhook(ref)  # the webhook itself is gone: 404
+        raise InvalidInput("Realm not found") from None
+
+
+@router.put(
+    "/webhooks/{webhook_id}", response_model=Webhook, tags=["webhooks"], responses=NOT_FOUND
+)
+def update_webhook(
+    request: Request, webhook_id: str, body: WebhookChangesEnvelope
+) -> dict[str, Any]:
+    """Change the fields given (`url`, `realm_id`, `reasons`, `enabled`); the rest are kept.
+    `realm_id: null` hears every realm, `reasons: null` every reason. Re-enabling a webhook
+    gives it a fresh retry window."""
+    return _update(request, webhook_id, body)
+
+
+@router.patch(
+    "/webhooks/{webhook_id}", response_model=Webhook, tags=["webhooks"], responses=NOT_FOUND
+)
+def patch_webhook(
+    request: Request, webhook_id: str, body: WebhookChangesEnvelope
+) -> dict[str, Any]:
+    """The same as PUT: only the fields given change."""
+    return _update(request, webhook_id, body)
+
+
+@router.delete(
+    "/webhooks/{webhook_id}",
+    status_code=202,
+    response_model=Webhook,
+    tags=["webhooks"],
+    responses=NOT_FOUND,
+)
+def delete_webhook(request: Request, webhook_id: str) -> dict[str, Any]:
+    """Delete a webhook and its delivery log; nothing more is sent. Answers with the webhook."""
+    return webhook_json(context(request).service.delete_webhook(clean_ref(webhook_id)))
+
+
+@router.post(
+    "/webhooks/{webhook_id}/rotate_secret",
+    response_model=WebhookWithSecret,
+    tags=["webhooks"],
+    responses=NOT_FOUND,
+)
+def rotate_webhook_secret(request: Request, webhook_id: str) -> dict[str, Any]:
+    """A new secret, in this answer only. The old one keeps signing beside it for
+    KEYROTOR_WEBHOOK_SECRET_OVERLAP, so receivers can switch without missing a delivery."""
+    view, secret = context(request).service.rotate_webhook_secret(clean_ref(webhook_id))
+    return webhook_json(view, secret)
+
+
+# -- the delivery log ----------------------------------------------------------------------------
+
+
+@router.get(
+    "/webhooks/{webhook_id}/deliveries",
+    response_model=WebhookDeliveryPage,
+    tags=["webhooks"],
+    responses=NOT_FOUND,
+)
+def list_deliveries(
+    request: Request,
+    webhook_id: str,
+    after: After = None,
+    max_results: MaxResults = MAX_RESULTS,
+    direction: Direction = "desc",
+) -> dict[str, Any]:
+    """A webhook's delivery log, newest first unless `direction=asc`."""
+    page = context(request).service.list_deliveries(
+        clean_ref(webhook_id), after=_after(after), max_results=max_results, direction=direction
+    )
+    return webhook_page_json(page)
+
+
+@router.post(
+    "/webhooks/{webhook_id}/deliveries/{delivery_id}/retry",
+    status_code=202,
+    response_model=WebhookDelivery,
+    tags=["webhooks"],
+    responses=NOT_FOUND,
+)
+def retry_delivery(request: Request, webhook_id: str, delivery_id: str) -> dict[str, Any]:
+    """Send a delivery again within seconds, whatever its state (delivered ones too): it is
+    `pending` again, with a fresh retry window, and its attempts go on counting."""
+    view = context(request).service.retry_delivery(clean_ref(webhook_id), clean_ref(delivery_id))
+    return delivery_json(view)
