@@ -44,7 +44,7 @@ BENCHMARKS = (
 # Run only when named (`make bench-scale`): a million realms each, ~12 GiB of files at a time.
 ON_DEMAND = ("scale", "mass_rotation")
 RESULTS = ROOT / "bench" / "results"
-WITHOUT_POSTGRES = {"signing", "cold_start"}
+WITHOUT_POSTGRES = {"cold_start"}
 
 
 def run_one(name: str) -> Report:

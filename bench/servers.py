@@ -6,6 +6,10 @@ settings: one process, the configured log level, no server header; `bare-headers
 the JWKS route's headers (ETag, Cache-Control, CORS). `fastapi-async` and
 `fastapi-sync` answer the same bytes from a FastAPI route (`async def`, and a plain `def` run
 in the thread pool, as the JWKS route is): they show where the route's time goes.
+
+`sign-bare PORT KEY_FILE KID` is the signing benchmark's anchor: a FastAPI `def` route at the
+signing route's path that stamps `iat` and `exp` on the posted claims and calls `jwt.encode`
+with the ES256 key in KEY_FILE, loaded once: what signing over HTTP costs at the least.
 """
 
 from __future__ import annotations
@@ -26,6 +30,16 @@ def main(argv: list[str]) -> None:
         serve(settings, host="127.0.0.1", port=port)
         return
     import uvicorn
+
+    if kind == "sign-bare":
+        uvicorn.run(
+            _bare_signer(Path(argv[2]), argv[3]),
+            host="127.0.0.1",
+            port=port,
+            log_level=settings.log_level.lower(),
+            server_header=False,
+        )
+        return
     from fastapi import FastAPI
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -76,6 +90,27 @@ def main(argv: list[str]) -> None:
         log_level=settings.log_level.lower(),
         server_header=False,
     )
+
+
+def _bare_signer(key_file: Path, kid: str) -> Any:
+    import time
+
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from fastapi import FastAPI
+
+    key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    headers = {"kid": kid}
+    app = FastAPI()
+
+    @app.post("/v1/realms/{realm}/tokens", status_code=201)
+    def sign(realm: str, body: dict[str, Any]) -> dict[str, Any]:
+        now = int(time.time())
+        claims = {**body["token"]["claims"], "iat": now, "exp": now + 300}
+        token = jwt.encode(claims, key, algorithm="ES256", headers=headers)  # type: ignore[arg-type]
+        return {"token": token, "kid": kid}
+
+    return app
 
 
 if __name__ == "__main__":

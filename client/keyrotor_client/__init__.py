@@ -1,4 +1,5 @@
-"""keyrotor's client libraries: verify its tokens, follow its key events, check its webhooks.
+"""keyrotor's client libraries: verify its tokens, follow its key events, check its webhooks,
+and sign through its HTTP API.
 
     from keyrotor_client import KeyCache, Subscriber
     cache = KeyCache.from_issuer("https://keys.example/realms/acme")
@@ -17,7 +18,9 @@ from keyrotor_client.errors import (
     InvalidWebhook,
     KeyrotorError,
     NotFound,
+    RemoteError,
 )
+from keyrotor_client.remote_signer import RemoteSigner, SignedToken
 from keyrotor_client.subscriber import Subscriber
 from keyrotor_client.verifier import KeyCache
 from keyrotor_client.webhooks import verify_webhook
@@ -31,6 +34,9 @@ __all__ = [
     "KeyCache",
     "KeyrotorError",
     "NotFound",
+    "RemoteError",
+    "RemoteSigner",
+    "SignedToken",
     "Subscriber",
     "discover",
     "verify_webhook",

@@ -31,3 +31,12 @@ class InvalidWebhook(InvalidToken):
 
 class DiscoveryError(KeyrotorError):
     """An issuer's OpenID configuration could not be fetched or is not one to trust."""
+
+
+class RemoteError(KeyrotorError):
+    """A keyrotor server refused a request (a refused admin key, a missing scope, a fault) or
+    could not be reached; `status` is its HTTP status, None when no answer came."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)

@@ -36,6 +36,7 @@ FIELDS: tuple[str, ...] = (
     "reason",
     "key_ids",
     "jwks_version",
+    "actor",
 )
 # How long Redis remembers that an event was relayed, and as which stream entry.
 RELAYED_TTL = timedelta(days=7)

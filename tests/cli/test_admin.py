@@ -108,6 +108,51 @@ def test_delete_removes_a_key_and_refuses_an_unknown_one(api: Api) -> None:
     refused(run(api, "admin-keys", "delete", kid), "not found")
 
 
+def test_scopes_limit_what_a_key_may_do_as_a_tenant_pipeline_uses_them(api: Api) -> None:
+    mine, theirs = api.realm("mine"), api.realm("theirs")
+    scope = f"realm:{mine['id']}:admin"
+    kid = ok(run(api, "admin-keys", "create", "--scope", scope, "--out", "tenant.pem")).strip()
+    public = serialization.load_pem_private_key(
+        (api.stack.tmp / "tenant.pem").read_bytes(), password=None
+    ).public_key()
+    (api.stack.tmp / "signer.pub").write_bytes(
+        public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    sign = f"realm:{mine['id']}:sign"
+    args = ["--public-key", "signer.pub", "--scope", sign, "--scope", "realms:read", "--json"]
+    registered = json.loads(ok(run(api, "admin-keys", "create", *args)))
+    assert registered["scopes"] == [sign, "realms:read"]
+
+    listing = json.loads(ok(run(api, "admin-keys", "list", "--json")))["collection"]
+    assert {v["id"]: v["scopes"] for v in listing} == {
+        api.kid: ["admin"],
+        kid: [scope],
+        registered["id"]: [sign, "realms:read"],
+    }
+    table = ok(run(api, "admin-keys", "list"))
+    assert "scopes" in table and scope in table and "realms:read" in table
+
+    token = ok(run(api, "admin-token", "--key", "tenant.pem", "--kid", kid)).strip()
+    headers = api.with_token(token)
+    for realm, status in [(mine, 201), (theirs, 403)]:
+        body = {"jwt_key": {"realm_id": realm["name"], "algo": "es256", "activate": True}}
+        response = api.anon.post("/v1/jwt_keys", json=body, headers=headers)
+        assert response.status_code == status, response.text
+    assert api.anon.get("/v1/realms/theirs", headers=headers).json() == {"errors": ["Forbidden"]}
+
+
+def test_refused_scopes_are_one_line_and_make_nothing(api: Api) -> None:
+    realm = api.realm("acme")
+    before = admin_ids(api)
+    for scope in ["realm:rl_x:admin", "admin; DROP TABLE", f"realm:{realm['id']}:admin\n"]:
+        result = run(api, "admin-keys", "create", "--scope", "admin", "--scope", scope)
+        refused(result, "is not one of admin, realms:read, admin-keys")
+    assert not (api.stack.tmp / "private-key.pem").exists()
+    assert admin_ids(api) == before
+
+
 def write_admin_key(api: Api) -> str:
     """A new admin key whose private half is in `admin.pem`; returns its kid."""
     kid, private_pem = api.new_admin_key()

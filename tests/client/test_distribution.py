@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 import keyrotor_client
-from keyrotor_client import KeyCache, Subscriber, verify_webhook
+from keyrotor_client import KeyCache, RemoteSigner, Subscriber, verify_webhook
 from keyrotor_client.verifier import KeySet, parse_jwks
 from keyrotor_client.webhooks import sign
 
@@ -67,6 +67,7 @@ def offline(server_stack):
         "client": keyrotor_client.__file__,
         "sub": verified["sub"],
         "webhook": event,
+        "remote_signer": RemoteSigner.__module__,
         "importable": [m for m in [*server_stack, "worker"] if importlib.util.find_spec(m)],
     }
 
@@ -152,6 +153,7 @@ def test_the_installed_client_verifies_tokens_and_webhooks_without_the_server(
     assert result["client"].startswith(str(installed.python.parents[1]))  # not the checkout
     assert result["sub"] == "u1"
     assert result["webhook"] == {"event_type": "realm.updated", "reason": "key.rotated"}
+    assert result["remote_signer"] == "keyrotor_client.remote_signer"
     assert result["importable"] == []
 
 

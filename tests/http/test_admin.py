@@ -269,31 +269,38 @@ def test_openapi_describes_every_route_status_and_the_bearer_scheme(api: Api) ->
     expected = {
         ("/realms/{realm}/.well-known/jwks.json", "get"): {"200", "304", "404"},
         ("/realms/{realm}/.well-known/openid-configuration", "get"): {"200", "304", "404"},
-        ("/v1/jwt_keys", "get"): {"200", "401", "404", "422"},
-        ("/v1/jwt_keys", "post"): {"201", "401", "422"},
-        ("/v1/jwt_keys/{key_id}", "get"): {"200", "401", "404"},
-        ("/v1/jwt_keys/{key_id}", "delete"): {"202", "401", "404", "422"},
-        ("/v1/realms", "get"): {"200", "401", "422"},
-        ("/v1/realms", "post"): {"201", "401", "409", "422"},
-        ("/v1/realms/{realm}", "get"): {"200", "401", "404"},
-        ("/v1/realms/{realm}", "put"): {"200", "401", "404", "422"},
-        ("/v1/realms/{realm}", "patch"): {"200", "401", "404", "422"},
-        ("/v1/realms/{realm}", "delete"): {"202", "401", "404"},
-        ("/v1/rotations", "post"): {"202", "401", "422"},
-        ("/v1/rotations/{rotation_id}", "get"): {"200", "401", "404"},
+        ("/v1/jwt_keys", "get"): {"200", "401", "403", "404", "422"},
+        ("/v1/jwt_keys", "post"): {"201", "401", "403", "422"},
+        ("/v1/jwt_keys/{key_id}", "get"): {"200", "401", "403", "404"},
+        ("/v1/jwt_keys/{key_id}", "delete"): {"202", "401", "403", "404", "422"},
+        ("/v1/realms", "get"): {"200", "401", "422"},  # lists what the key may read: no 403
+        ("/v1/realms", "post"): {"201", "401", "403", "409", "422"},
+        ("/v1/realms/{realm}", "get"): {"200", "401", "403", "404"},
+        ("/v1/realms/{realm}", "put"): {"200", "401", "403", "404", "422"},
+        ("/v1/realms/{realm}", "patch"): {"200", "401", "403", "404", "422"},
+        ("/v1/realms/{realm}", "delete"): {"202", "401", "403", "404"},
+        ("/v1/realms/{realm}/tokens", "post"): {"201", "401", "403", "404", "413", "422"},
+        ("/v1/rotations", "post"): {"202", "401", "403", "422"},
+        ("/v1/rotations/{rotation_id}", "get"): {"200", "401", "403", "404"},
         ("/v1/webhooks", "get"): {"200", "401", "422"},
-        ("/v1/webhooks", "post"): {"201", "401", "422"},
-        ("/v1/webhooks/{webhook_id}", "get"): {"200", "401", "404"},
-        ("/v1/webhooks/{webhook_id}", "put"): {"200", "401", "404", "422"},
-        ("/v1/webhooks/{webhook_id}", "patch"): {"200", "401", "404", "422"},
-        ("/v1/webhooks/{webhook_id}", "delete"): {"202", "401", "404"},
-        ("/v1/webhooks/{webhook_id}/rotate_secret", "post"): {"200", "401", "404"},
-        ("/v1/webhooks/{webhook_id}/deliveries", "get"): {"200", "401", "404", "422"},
+        ("/v1/webhooks", "post"): {"201", "401", "403", "422"},
+        ("/v1/webhooks/{webhook_id}", "get"): {"200", "401", "403", "404"},
+        ("/v1/webhooks/{webhook_id}", "put"): {"200", "401", "403", "404", "422"},
+        ("/v1/webhooks/{webhook_id}", "patch"): {"200", "401", "403", "404", "422"},
+        ("/v1/webhooks/{webhook_id}", "delete"): {"202", "401", "403", "404"},
+        ("/v1/webhooks/{webhook_id}/rotate_secret", "post"): {"200", "401", "403", "404"},
+        ("/v1/webhooks/{webhook_id}/deliveries", "get"): {"200", "401", "403", "404", "422"},
         ("/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry", "post"): {
             "202",
             "401",
+            "403",
             "404",
         },
+        ("/v1/admin_keys", "get"): {"200", "401", "403", "422"},
+        ("/v1/admin_keys", "post"): {"201", "401", "403", "422"},
+        ("/v1/admin_keys/{admin_key_id}", "get"): {"200", "401", "403", "404"},
+        ("/v1/admin_keys/{admin_key_id}", "delete"): {"202", "401", "403", "404"},
+        ("/v1/events", "get"): {"200", "401", "403", "404", "422"},
         ("/healthz", "get"): {"200", "503"},
         ("/metrics", "get"): {"200"},
     }
@@ -314,7 +321,7 @@ def test_openapi_describes_every_route_status_and_the_bearer_scheme(api: Api) ->
         operation = document["paths"][path][method]
         assert ("security" in operation) == path.startswith("/v1"), path
         for status, response in operation["responses"].items():
-            if status in {"401", "404", "409", "422"}:
+            if status in {"401", "403", "404", "409", "422"}:
                 schema = response["content"]["application/json"]["schema"]
                 assert schema == {"$ref": "#/components/schemas/Errors"}, (path, status)
     schemas = document["components"]["schemas"]

@@ -307,17 +307,18 @@ def test_every_webhook_route_needs_an_admin_token(api: Api) -> None:
 def test_openapi_documents_every_webhook_route_and_object(api: Api) -> None:
     document = api.anon.get("/openapi.json").json()
     expected = {
-        ("/v1/webhooks", "get"): {"200", "401", "422"},
-        ("/v1/webhooks", "post"): {"201", "401", "422"},
-        ("/v1/webhooks/{webhook_id}", "get"): {"200", "401", "404"},
-        ("/v1/webhooks/{webhook_id}", "put"): {"200", "401", "404", "422"},
-        ("/v1/webhooks/{webhook_id}", "patch"): {"200", "401", "404", "422"},
-        ("/v1/webhooks/{webhook_id}", "delete"): {"202", "401", "404"},
-        ("/v1/webhooks/{webhook_id}/rotate_secret", "post"): {"200", "401", "404"},
-        ("/v1/webhooks/{webhook_id}/deliveries", "get"): {"200", "401", "404", "422"},
+        ("/v1/webhooks", "get"): {"200", "401", "422"},  # lists what the key may read
+        ("/v1/webhooks", "post"): {"201", "401", "403", "422"},
+        ("/v1/webhooks/{webhook_id}", "get"): {"200", "401", "403", "404"},
+        ("/v1/webhooks/{webhook_id}", "put"): {"200", "401", "403", "404", "422"},
+        ("/v1/webhooks/{webhook_id}", "patch"): {"200", "401", "403", "404", "422"},
+        ("/v1/webhooks/{webhook_id}", "delete"): {"202", "401", "403", "404"},
+        ("/v1/webhooks/{webhook_id}/rotate_secret", "post"): {"200", "401", "403", "404"},
+        ("/v1/webhooks/{webhook_id}/deliveries", "get"): {"200", "401", "403", "404", "422"},
         ("/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry", "post"): {
             "202",
             "401",
+            "403",
             "404",
         },
     }
@@ -331,7 +332,8 @@ def test_openapi_documents_every_webhook_route_and_object(api: Api) -> None:
     for path, method in expected:
         operation = document["paths"][path][method]
         assert operation["security"] == [{"HTTPBearer": []}]
-        for status in {"401", "404", "422"} & set(operation["responses"]):
+        assert "x-required-scope" in operation, (path, method)
+        for status in {"401", "403", "404", "422"} & set(operation["responses"]):
             schema = operation["responses"][status]["content"]["application/json"]["schema"]
             assert schema == {"$ref": "#/components/schemas/Errors"}, (path, method, status)
     schemas = document["components"]["schemas"]

@@ -25,7 +25,8 @@ def test_create_returns_the_private_key_once_and_stores_only_the_public_half(
     view, private_pem = admin_keys.create()
     assert private_pem is not None and private_pem.startswith("-----BEGIN PRIVATE KEY-----")
     assert is_admin_key_id(view["id"])
-    assert set(view) == {"id", "object", "fingerprint", "public_key", "created_at"}
+    assert set(view) == {"id", "object", "fingerprint", "public_key", "scopes", "created_at"}
+    assert view["scopes"] == ["admin"]  # what a key made without scopes may do: everything
     private = serialization.load_pem_private_key(private_pem.encode(), password=None)
     assert isinstance(private, rsa.RSAPrivateKey) and private.key_size == 2048
     public = private.public_key().public_bytes(
@@ -91,3 +92,27 @@ def test_only_rsa_public_keys_of_2048_bits_or_more_register(admin_keys: AdminKey
         with pytest.raises(InvalidInput, match=words):
             admin_keys.create(text)
     assert admin_keys.list() == []
+
+
+def test_scopes_are_checked_stored_and_read_with_the_public_key(admin_keys: AdminKeys) -> None:
+    realm = "rl_0v1zTHXhtNgmDaXaDYSAqx"
+    scopes = [f"realm:{realm}:sign", "realms:read", f"realm:{realm}:sign"]
+    view, _ = admin_keys.create(scopes=scopes)
+    assert view["scopes"] == ["realm:rl_0v1zTHXhtNgmDaXaDYSAqx:sign", "realms:read"]
+    assert admin_keys.get(view["id"])["scopes"] == view["scopes"]
+    pem = admin_keys.public_pem(view["id"])
+    assert admin_keys.admin_key(view["id"]) == (pem, view["scopes"])
+    assert admin_keys.admin_key("aky_0vRHaJyOFdkV3QVJpUJqJQ") is None
+    for bad in [[], ["root"], ["realm:rl_x:admin"], ["admin; DROP TABLE"], "admin", [1]]:
+        with pytest.raises(InvalidInput):
+            admin_keys.create(scopes=bad)  # type: ignore[arg-type]
+    assert [v["id"] for v in admin_keys.list()] == [view["id"]]  # nothing made when refused
+
+
+def test_pages_in_id_order(admin_keys: AdminKeys) -> None:
+    made = sorted(admin_keys.create()[0]["id"] for _ in range(3))
+    more, first = admin_keys.page(max_results=2, direction="asc")
+    assert more and [v["id"] for v in first] == made[:2]
+    more, rest = admin_keys.page(after=made[1], max_results=2, direction="asc")
+    assert not more and [v["id"] for v in rest] == made[2:]
+    assert [v["id"] for v in admin_keys.page()[1]] == made[::-1]

@@ -1,5 +1,8 @@
 """`keyrotor web`, `admin-keys create|list|delete` and `admin-token`.
 
+An admin key's scopes (`--scope`, worker.core.scopes) say what its tokens may do; without
+one it has `admin`, everything.
+
 An admin key's private half is written once, to a file only its owner can read, and is not
 kept anywhere else; keyrotor stores the public half. `admin-token` signs an RS256 token with
 the `kid` header, `aud` as a list, `iat` and `exp` (and `iss` when KEYROTOR_ADMIN_ISSUER is set).
@@ -70,23 +73,33 @@ def admin_keys_create(
             help="Register this RSA public key (PEM) instead; its private key stays with you.",
         ),
     ] = None,
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scope",
+            help="What its tokens may do (repeat for more): admin (the default), realms:read,"
+            " admin-keys, realm:<realm id>:admin, realm:<realm id>:sign.",
+        ),
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Make an admin key pair: the private key is written once, its kid is printed."""
+    from worker.core.scopes import ADMIN, check_scopes
 
+    scopes = check_scopes(scope or [ADMIN])  # refused before any key or file is made
     if public_key is not None:
         try:
             text = public_key.read_text()
         except (OSError, UnicodeDecodeError) as error:
             fail(f"cannot read {public_key}: {error.__class__.__name__}")
-        view, _ = _admin_keys().create(text)
+        view, _ = _admin_keys().create(text, scopes)
         _print_created(view, None, as_json)
         return
 
     keys = _admin_keys()  # fails (not migrated, say) before any file exists
     handle = _exclusive(out)
     try:
-        view, private_pem = keys.create()
+        view, private_pem = keys.create(scopes=scopes)
     except BaseException:
         _discard(out, handle)
         raise
@@ -152,9 +165,9 @@ def admin_keys_list(as_json: Json = False) -> None:
     if as_json:
         print_json({"more_results": False, "collection": views})
         return
-    table = Table("id", "fingerprint", "created")
+    table = Table("id", "fingerprint", "scopes", "created")
     for view in views:
-        table.add_row(view["id"], view["fingerprint"], view["created_at"])
+        table.add_row(view["id"], view["fingerprint"], " ".join(view["scopes"]), view["created_at"])
     out.print(table)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 import sys
 from datetime import datetime
 from enum import StrEnum
@@ -23,6 +25,7 @@ from worker.core.clock import rfc3339
 from worker.core.durations import format_duration, parse_duration
 from worker.core.errors import KeyrotorError
 from worker.service import KeyView, RealmView
+from worker.service.actors import acting_as
 from worker.service.wire import realm_json
 
 app = typer.Typer(
@@ -407,12 +410,24 @@ cli_pool.register(app)
 cli_webhooks.register(app)
 
 
+def cli_actor() -> str:
+    """Who the events of this run are recorded as: `cli:<OS user>`, or the uid when the
+    system knows no name for it (a container run under an arbitrary uid)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"cli:{user}"
+
+
 def main() -> None:
-    """Entry point: every refusal is one line on stderr with exit status 2."""
+    """Entry point: every refusal is one line on stderr with exit status 2; every change a
+    command makes is recorded as the OS user's, here once for all commands."""
     try:
         # Not standalone: click's own usage errors (a bad flag, a missing argument) would be a
         # multi-line panel; here they become the same one line as every other refusal.
-        code = app(standalone_mode=False)
+        with acting_as(cli_actor()):
+            code = app(standalone_mode=False)
     except typer.TyperException as error:  # typer's (vendored) click errors: bad flags, args
         if error.__class__.__name__ == "NoArgsIsHelpError":
             raise SystemExit(error.exit_code) from None  # the help text is already printed

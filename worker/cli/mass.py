@@ -31,6 +31,7 @@ from worker.core.clock import parse_rfc3339, rfc3339, utcnow
 from worker.jobs.app import make_app
 from worker.publish.progress import read_progress
 from worker.service import RotationProgress, RotationView, Service
+from worker.service.actors import current_actor
 from worker.service.wire import rotation_json
 from worker.store import outbox
 
@@ -120,7 +121,9 @@ def _queue(svc: Service, view: RotationView, *, resume: bool) -> None:
         return
     tasks = make_app(settings(), runtime.require_redis_url(settings()))
     try:
-        tasks.send_task("keyrotor.rotate_all", args=[view.id], kwargs={"resend": resume})
+        # The batches' events record this command's user (`cli:<user>`), not the workers.
+        kwargs = {"resend": resume, "actor": current_actor()}
+        tasks.send_task("keyrotor.rotate_all", args=[view.id], kwargs=kwargs)
         if not tasks.control.ping(timeout=PING_SECONDS):
             err.print("warning: no worker answers; the batches wait until one starts")
     finally:

@@ -32,7 +32,9 @@ NO_TIME = timedelta(0)
 
 
 @dataclass(frozen=True)
-class _Loaded:
+class LoadedKey:
+    """A realm's active key as loaded: what signing needs, and when it was read."""
+
     realm_id: str
     realm_name: str
     kid: str
@@ -41,6 +43,8 @@ class _Loaded:
     max_token_ttl: timedelta
     header: dict[str, str]  # {"kid": kid}, built once (PyJWT copies it)
     issuer: str | None  # stamped as `iss` unless the caller sets one
+    jwks_version: int = -1  # the realm's, read with the key (`ActiveKey.jwks_version`)
+    read_at: float = field(default_factory=time.monotonic, compare=False)
 
 
 class SigningKeys(Protocol):
@@ -60,7 +64,7 @@ class Signer:
         self.issuer_base = issuer_base.rstrip("/") if issuer_base is not None else None
         # The default clock's timestamp, without building a datetime per token.
         self._now = time.time if clock is utcnow else lambda: clock().timestamp()
-        self._loaded: dict[str, _Loaded] = {}  # by realm id
+        self._loaded: dict[str, LoadedKey] = {}  # by realm id
         self._ids: dict[str, str] = {}  # realm id or name -> realm id
         self._lock = threading.Lock()
 
@@ -111,14 +115,19 @@ class Signer:
         except TypeError:
             raise InvalidInput("Claims must be JSON values") from None
 
-    def loaded(self, realm: str) -> _Loaded:
+    def loaded(self, realm: str) -> LoadedKey:
         """The realm's signing key, loading it on first use. (Reads take no lock: a dict read
         is atomic, and writers replace entries whole.)"""
         realm_id = self._ids.get(realm)
         loaded = self._loaded.get(realm_id) if realm_id is not None else None
         return loaded if loaded is not None else self.refresh(realm)
 
-    def refresh(self, realm: str) -> _Loaded:
+    def cached(self, realm: str) -> LoadedKey | None:
+        """The realm's signing key if loaded (by realm id or name), without loading it."""
+        realm_id = self._ids.get(realm)
+        return self._loaded.get(realm_id) if realm_id is not None else None
+
+    def refresh(self, realm: str) -> LoadedKey:
         """Reload a realm's active key from the database (reusing the key object when the
         active kid did not change)."""
         active = self.service.signing_key(realm)
@@ -128,7 +137,7 @@ class Signer:
             key = current.key
         else:
             key = keys.load_signing_key(active.algo, active.secret)
-        loaded = _Loaded(
+        loaded = LoadedKey(
             realm_id=active.realm_id,
             realm_name=active.realm_name,
             kid=active.kid,
@@ -136,6 +145,7 @@ class Signer:
             key=key,
             max_token_ttl=active.max_token_ttl,
             header={"kid": active.kid},
+            jwks_version=active.jwks_version,
             issuer=(
                 keys.issuer(self.issuer_base, active.realm_name)
                 if self.issuer_base is not None
@@ -143,6 +153,9 @@ class Signer:
             ),
         )
         with self._lock:
+            newer = self._loaded.get(active.realm_id)
+            if newer is not None and newer.jwks_version > loaded.jwks_version:
+                return newer  # a racing reload read a later version: never go back to ours
             self._loaded[active.realm_id] = loaded
             self._ids[active.realm_id] = self._ids[active.realm_name] = active.realm_id
         return loaded

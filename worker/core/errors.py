@@ -46,3 +46,7 @@ class NotMigrated(KeyrotorError):
 
 class Unauthenticated(KeyrotorError):
     """A request that needs credentials carried none (no bearer token at all)."""
+
+
+class Forbidden(KeyrotorError):
+    """A valid admin token whose key lacks the scope the request needs (HTTP 403)."""

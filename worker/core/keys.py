@@ -201,6 +201,9 @@ class ActiveKey:
     algo: str
     secret: bytes = field(repr=False)
     max_token_ttl: timedelta
+    jwks_version: int = -1
+    """The realm's `jwks_version` when the key was read: a published copy newer than it means
+    the key may have changed since (-1: unknown)."""
 
 
 def issuer(issuer_base: str, realm_name: str) -> str:

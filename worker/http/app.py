@@ -18,11 +18,13 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from worker.core.clock import Clock, utcnow
 from worker.core.durations import field_problem
 from worker.core.errors import (
     Conflict,
+    Forbidden,
     InvalidInput,
     InvalidToken,
     KeyrotorError,
@@ -30,11 +32,14 @@ from worker.core.errors import (
     NotMigrated,
     Unauthenticated,
 )
-from worker.http import admin, discovery_route, health, jwks_route, webhooks
-from worker.http.auth import AdminAuthenticator, challenge
+from worker.http import admin, discovery_route, events, health, jwks_route, webhooks
+from worker.http import admin_keys as admin_keys_routes
+from worker.http import tokens as token_routes
+from worker.http.auth import AdminAuthenticator, challenge, claimed_kid
 from worker.http.context import HttpContext, RedisHandle
 from worker.http.models import DURATION_FIELDS
 from worker.service import Service
+from worker.service.actors import acting_as
 from worker.settings import Settings
 from worker.store.admin_keys import AdminKeys
 
@@ -99,9 +104,13 @@ def create_app(
         clock=clock,
     )
     app.router.routes[:0] = [*jwks_route.ROUTES, *discovery_route.ROUTES]  # the hot route first
+    app.add_middleware(ActorScope)
     app.add_middleware(jwks_route.FromMemory, ctx=app.state.keyrotor)
     app.include_router(admin.router)
     app.include_router(webhooks.router)
+    app.include_router(token_routes.router)
+    app.include_router(admin_keys_routes.router)
+    app.include_router(events.router)
     app.include_router(health.router)
     _map_errors(app)
     _document_errors_truthfully(app)
@@ -142,6 +151,21 @@ def _document_errors_truthfully(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+class ActorScope:
+    """Each admin API request acts as its own actor, which authentication names after the
+    admin key (`require_admin`); the events its changes write record that key."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        with acting_as():
+            await self.app(scope, receive, send)
+
+
 def errors(status: int, *messages: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"errors": list(messages)}, status_code=status, headers=headers)
 
@@ -163,9 +187,15 @@ def _map_errors(app: FastAPI) -> None:
 
     @app.exception_handler(InvalidToken)
     @app.exception_handler(Unauthenticated)
-    def unauthorized(_: Request, error: InvalidToken | Unauthenticated) -> JSONResponse:
+    def unauthorized(request: Request, error: InvalidToken | Unauthenticated) -> JSONResponse:
         message = "Unauthorized" if isinstance(error, Unauthenticated) else f"Unauthorized: {error}"
+        _refused(request, 401, str(error))
         return errors(401, message, headers={"WWW-Authenticate": challenge(error)})
+
+    @app.exception_handler(Forbidden)
+    def forbidden(request: Request, error: Forbidden) -> JSONResponse:
+        _refused(request, 403, str(error))  # the reason names the key and what it asked
+        return errors(403, "Forbidden")
 
     @app.exception_handler(NotMigrated)
     @app.exception_handler(OperationalError)
@@ -206,6 +236,24 @@ def _map_errors(app: FastAPI) -> None:
         words = {404: "Not found", 405: "Method not allowed"}.get(error.status_code)
         headers = dict(error.headers) if error.headers else None
         return errors(error.status_code, words or str(error.detail), headers=headers)
+
+
+def _refused(request: Request, status: int, reason: str) -> None:
+    """A WARNING for each refused admin request: the key it claims (verified for a 403), the
+    route and why; never the token, and the URL only as its route's template."""
+    route = request.scope.get("route")
+    path = getattr(route, "path", None) or "".join(
+        c for c in request.url.path[:100] if c.isprintable()
+    )
+    log.warning(
+        "admin request refused",
+        extra={
+            "status": status,
+            "kid": claimed_kid(request.headers.get("authorization")),
+            "route": f"{request.method} {path}",
+            "reason": reason,
+        },
+    )
 
 
 def human_errors(details: Sequence[Any]) -> list[str]:

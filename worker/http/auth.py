@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
@@ -21,9 +22,12 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from worker.core import scopes
 from worker.core.bounded import BoundedDict
 from worker.core.durations import format_duration
-from worker.core.errors import InvalidToken, Unauthenticated
+from worker.core.errors import Forbidden, InvalidToken, KeyrotorError, Unauthenticated
+from worker.core.scopes import Need
+from worker.store.admin_keys import is_admin_key_id
 
 ALGORITHM = "RS256"
 MAX_TOKEN_CHARS = 8 * 1024
@@ -32,15 +36,29 @@ TIMES = ("exp", "iat", "nbf")
 
 
 class PublicKeys(Protocol):
-    def public_pem(self, kid: str) -> str | None: ...
+    def admin_key(self, kid: str) -> tuple[str, Sequence[str]] | None:
+        """The public PEM and scopes of a current admin key, or None: one read."""
 
 
 @dataclass(frozen=True)
 class AdminPrincipal:
-    """Who made an admin request: the admin key that signed its token, and the claims."""
+    """Who made an admin request: the admin key that signed its token, the claims, and what
+    the key may do (worker.core.scopes)."""
 
     kid: str
     claims: dict[str, Any]
+    scopes: tuple[str, ...] = (scopes.ADMIN,)
+
+    def allow(self, need: Need) -> None:
+        """Go on, or Forbidden (403) when the key's scopes do not cover `need`; the message
+        (logged, never sent) names the key and what it asked."""
+        if not scopes.allows(self.scopes, need):
+            on = f" on {need.realm_id}" if need.realm_id is not None else ""
+            raise Forbidden(f"{self.kid} lacks the scope for {need.action.value}{on}")
+
+    def readable(self) -> set[str] | None:
+        """The realms a listing may show this key: None for every realm."""
+        return scopes.readable_realms(self.scopes)
 
 
 class AdminAuthenticator:
@@ -79,7 +97,7 @@ class AdminAuthenticator:
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise InvalidToken("kid header is required")
-        key = self._key(kid)
+        key, held = self._key(kid)
         try:
             claims = _ADMIN_JWT.decode(
                 token,
@@ -97,12 +115,14 @@ class AdminAuthenticator:
         if exp - iat > self.max_ttl.total_seconds():
             limit = format_duration(self.max_ttl)
             raise InvalidToken(f"token lifetime (exp - iat) is longer than {limit}")
-        return AdminPrincipal(kid, claims)
+        return AdminPrincipal(kid, claims, tuple(held))
 
-    def _key(self, kid: str) -> rsa.RSAPublicKey:
-        pem = self.keys.public_pem(kid)
-        if pem is None:
+    def _key(self, kid: str) -> tuple[rsa.RSAPublicKey, Sequence[str]]:
+        """The parsed public key of `kid` and its scopes, read together."""
+        found = self.keys.admin_key(kid)
+        if found is None:
             raise InvalidToken("unknown kid: not a current admin API key")
+        pem, held = found
         with self._lock:
             key = self._parsed.get(pem)
         if key is None:
@@ -115,7 +135,7 @@ class AdminAuthenticator:
             key = loaded
             with self._lock:
                 self._parsed[pem] = key
-        return key
+        return key, held
 
 
 class _AdminJWT(jwt.PyJWT):
@@ -158,6 +178,19 @@ def _reason(error: Exception) -> str:
             return "iss is not this service's admin issuer"
         case _:
             return "malformed token"
+
+
+def claimed_kid(authorization: str | None) -> str | None:
+    """The `kid` a refused token names, for the log line, if it has the shape of an admin key
+    id (unverified: it says which key the caller claims, nothing more); never raises."""
+    try:
+        token = bearer_token(authorization)
+        if len(token) > MAX_TOKEN_CHARS:
+            return None
+        kid = jwt.get_unverified_header(token).get("kid")
+    except (KeyrotorError, jwt.PyJWTError, ValueError, TypeError):
+        return None
+    return kid if isinstance(kid, str) and is_admin_key_id(kid) else None
 
 
 def bearer_token(authorization: str | None) -> str:

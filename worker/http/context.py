@@ -21,6 +21,7 @@ from worker.core.errors import NotFound
 from worker.http.auth import AdminAuthenticator
 from worker.publish.relay import Relay
 from worker.service import Service
+from worker.service.actors import current_actor
 from worker.settings import Settings
 from worker.store.admin_keys import AdminKeys
 
@@ -197,17 +198,20 @@ class HttpContext:
 
     def send_task(self, name: str, *args: str) -> None:
         """Queue a task for the workers, by name, on the configured (or embedded) broker (the
-        Celery app for sending is made on first use); a broker away is a Redis error."""
+        Celery app for sending is made on first use); a broker away is a Redis error. A task
+        that records who asked gets the request's actor (the admin key), so the changes it
+        makes on the workers are that key's."""
         from kombu.exceptions import OperationalError
 
-        from worker.jobs.app import make_app
+        from worker.jobs.app import ACTOR_TASKS, make_app
 
         with self._tasks_lock:
             if self._tasks is None:
                 self._tasks = make_app(self.settings, runtime.require_redis_url(self.settings))
             tasks = self._tasks
         try:
-            tasks.send_task(name, args=list(args))
+            kwargs = {"actor": current_actor()} if name in ACTOR_TASKS else {}
+            tasks.send_task(name, args=list(args), kwargs=kwargs)
         except OperationalError as error:  # kombu's: the broker does not answer
             raise redis.ConnectionError(str(error)) from error
 

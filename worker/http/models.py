@@ -339,3 +339,44 @@ class WebhookChangesEnvelope(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     webhook: WebhookChanges
+
+
+SCOPES_HELP = (
+    "What the key's tokens may do: `admin` (everything), `realms:read`, `admin-keys`,"
+    " `realm:<realm id>:admin`, `realm:<realm id>:sign`."
+)
+
+
+class AdminKey(BaseModel):
+    id: str = Field(examples=["aky_0vRHaJyOFdkV3QVJpUJqJQ"])
+    object: Literal["admin_key"]
+    fingerprint: str = Field(description="`SHA256:<base64>` of the DER public key, as ssh prints.")
+    public_key: str = Field(
+        description="The RSA public key as PEM; the private half is never kept."
+    )
+    scopes: list[str] = Field(
+        description=SCOPES_HELP, examples=[["realm:rl_0v1zTHXhtNgmDaXaDYSAqx:admin"]]
+    )
+    created_at: Timestamp
+
+
+class AdminKeyPage(BaseModel):
+    more_results: bool
+    collection: list[AdminKey]
+
+
+class NewAdminKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    public_key: str = Field(
+        max_length=keys.MAX_IMPORT_CHARS,
+        description=f"An RSA public key (PEM, at least {keys.MIN_RSA_BITS} bits); its private"
+        " half stays with you.",
+    )
+    scopes: list[str] = Field(default=["admin"], description=SCOPES_HELP)
+
+
+class NewAdminKeyEnvelope(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    admin_key: NewAdminKey

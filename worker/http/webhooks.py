@@ -2,8 +2,11 @@
 
 Handlers translate HTTP into service calls and nothing more: the rules (which URLs may be
 called, which reasons exist) live in the service, and its refusals reach the client through
-the error mapping in `worker.http.app`. Plain `def`s: checking a URL resolves its host, which
-blocks, so FastAPI runs them in its thread pool.
+the error mapping in `worker.http.app`. What an admin key may do is `worker.core.scopes`'s; a
+handler only says what it needs, on the webhook's realm, or for a webhook that hears every
+realm (`realm_id` null) on no realm in particular, which only `admin` (or, to read,
+`realms:read`) covers. Plain `def`s: checking a URL resolves its host, which blocks, so FastAPI
+runs them in its thread pool.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 
 from worker.core.errors import InvalidInput, NotFound
-from worker.http.admin import NOT_FOUND, UNAUTHORIZED, require_admin
+from worker.core.scopes import Action, Need
+from worker.http.admin import NOT_FOUND, UNAUTHORIZED, Principal, listing, require_admin, scoped
 from worker.http.context import clean_ref, context
 from worker.http.models import (
     NewWebhookEnvelope,
@@ -44,43 +48,69 @@ def _after(value: str | None) -> str | None:
     return value
 
 
-def _realm(ref: str | None) -> str | None:
-    """A realm named in a body: one no id or name could be is not found, as an unknown one."""
-    if ref:
-        try:
-            return clean_ref(ref)
-        except NotFound:
-            raise InvalidInput("Realm not found") from None
-    return ref
+def _realm(request: Request, ref: str | None) -> str | None:
+    """The id of a realm named in a body (empty or None: every realm, None); an unknown one is
+    invalid input."""
+    if not ref:
+        return None
+    try:
+        return context(request).service.get_realm(clean_ref(ref)).id
+    except NotFound:
+        raise InvalidInput("Realm not found") from None
 
 
 # -- webhooks ------------------------------------------------------------------------------------
 
 
-@router.get("/webhooks", response_model=WebhookPage, tags=["webhooks"])
+@router.get("/webhooks", response_model=WebhookPage, tags=["webhooks"], **listing(Action.READ))
 def list_webhooks(
     request: Request,
+    principal: Principal,
     after: After = None,
     max_results: MaxResults = MAX_RESULTS,
     direction: Direction = "desc",
 ) -> dict[str, Any]:
-    """List webhooks, newest id first unless `direction=asc`; secrets are never listed."""
+    """List the webhooks the admin key may read, newest id first unless `direction=asc`;
+    secrets are never listed."""
     page = context(request).service.list_webhooks(
-        after=_after(after), max_results=max_results, direction=direction
+        after=_after(after),
+        max_results=max_results,
+        direction=direction,
+        only=principal.readable(),
     )
     return webhook_page_json(page)
 
 
+def _allowed(request: Request, principal: Principal, action: Action, ref: str) -> str:
+    """A webhook's id once the admin key may do `action` on its realm (404 first if unknown)."""
+    webhook_id = clean_ref(ref)
+    principal.allow(Need(action, context(request).service.webhook(webhook_id).realm_id))
+    return webhook_id
+
+
 @router.get(
-    "/webhooks/{webhook_id}", response_model=Webhook, tags=["webhooks"], responses=NOT_FOUND
+    "/webhooks/{webhook_id}",
+    response_model=Webhook,
+    tags=["webhooks"],
+    **scoped(Action.READ, NOT_FOUND),
 )
-def get_webhook(request: Request, webhook_id: str) -> dict[str, Any]:
+def get_webhook(request: Request, principal: Principal, webhook_id: str) -> dict[str, Any]:
     """One webhook, without its secret."""
-    return webhook_json(context(request).service.webhook(clean_ref(webhook_id)))
+    view = context(request).service.webhook(clean_ref(webhook_id))
+    principal.allow(Need(Action.READ, view.realm_id))
+    return webhook_json(view)
 
 
-@router.post("/webhooks", status_code=201, response_model=WebhookWithSecret, tags=["webhooks"])
-def create_webhook(request: Request, body: NewWebhookEnvelope) -> dict[str, Any]:
+@router.post(
+    "/webhooks",
+    status_code=201,
+    response_model=WebhookWithSecret,
+    tags=["webhooks"],
+    **scoped(Action.MANAGE),
+)
+def create_webhook(
+    request: Request, principal: Principal, body: NewWebhookEnvelope
+) -> dict[str, Any]:
     """Create a webhook; the answer carries its `secret`, which is never shown again.
 
     The URL is refused with 422 when it is not https (unless KEYROTOR_WEBHOOK_ALLOW_HTTP) or
@@ -88,10 +118,12 @@ def create_webhook(request: Request, body: NewWebhookEnvelope) -> dict[str, Any]
     KEYROTOR_WEBHOOK_ALLOW_PRIVATE). An unknown realm is refused with 422 too.
     """
     fields = body.webhook
+    realm = _realm(request, fields.realm_id)
+    principal.allow(Need(Action.MANAGE, realm))
     try:
         view, secret = context(request).service.create_webhook(
             fields.url,
-            realm_id=_realm(fields.realm_id),
+            realm_id=realm,
             reasons=fields.reasons,
             enabled=fields.enabled,
         )
@@ -100,12 +132,16 @@ def create_webhook(request: Request, body: NewWebhookEnvelope) -> dict[str, Any]
     return webhook_json(view, secret)
 
 
-def _update(request: Request, webhook_id: str, body: WebhookChangesEnvelope) -> dict[str, Any]:
+def _update(
+    request: Request, principal: Principal, webhook_id: str, body: WebhookChangesEnvelope
+) -> dict[str, Any]:
+    """Moving a webhook to another realm needs that realm too."""
     service = context(request).service
-    ref = clean_ref(webhook_id)
+    ref = _allowed(request, principal, Action.MANAGE, webhook_id)
     changes = {name: getattr(body.webhook, name) for name in body.webhook.model_fields_set}
     if "realm_id" in changes:
-        changes["realm_id"] = _realm(changes["realm_id"])
+        changes["realm_id"] = _realm(request, changes["realm_id"])
+        principal.allow(Need(Action.MANAGE, changes["realm_id"]))
     try:
         return webhook_json(service.update_webhook(ref, changes))
     except NotFound:
@@ -116,25 +152,31 @@ def _update(request: Request, webhook_id: str, body: WebhookChangesEnvelope) -> 
 
 
 @router.put(
-    "/webhooks/{webhook_id}", response_model=Webhook, tags=["webhooks"], responses=NOT_FOUND
+    "/webhooks/{webhook_id}",
+    response_model=Webhook,
+    tags=["webhooks"],
+    **scoped(Action.MANAGE, NOT_FOUND),
 )
 def update_webhook(
-    request: Request, webhook_id: str, body: WebhookChangesEnvelope
+    request: Request, principal: Principal, webhook_id: str, body: WebhookChangesEnvelope
 ) -> dict[str, Any]:
     """Change the fields given (`url`, `realm_id`, `reasons`, `enabled`); the rest are kept.
     `realm_id: null` hears every realm, `reasons: null` every reason. Re-enabling a webhook
     gives it a fresh retry window."""
-    return _update(request, webhook_id, body)
+    return _update(request, principal, webhook_id, body)
 
 
 @router.patch(
-    "/webhooks/{webhook_id}", response_model=Webhook, tags=["webhooks"], responses=NOT_FOUND
+    "/webhooks/{webhook_id}",
+    response_model=Webhook,
+    tags=["webhooks"],
+    **scoped(Action.MANAGE, NOT_FOUND),
 )
 def patch_webhook(
-    request: Request, webhook_id: str, body: WebhookChangesEnvelope
+    request: Request, principal: Principal, webhook_id: str, body: WebhookChangesEnvelope
 ) -> dict[str, Any]:
     """The same as PUT: only the fields given change."""
-    return _update(request, webhook_id, body)
+    return _update(request, principal, webhook_id, body)
 
 
 @router.delete(
@@ -142,23 +184,27 @@ def patch_webhook(
     status_code=202,
     response_model=Webhook,
     tags=["webhooks"],
-    responses=NOT_FOUND,
+    **scoped(Action.MANAGE, NOT_FOUND),
 )
-def delete_webhook(request: Request, webhook_id: str) -> dict[str, Any]:
+def delete_webhook(request: Request, principal: Principal, webhook_id: str) -> dict[str, Any]:
     """Delete a webhook and its delivery log; nothing more is sent. Answers with the webhook."""
-    return webhook_json(context(request).service.delete_webhook(clean_ref(webhook_id)))
+    ref = _allowed(request, principal, Action.MANAGE, webhook_id)
+    return webhook_json(context(request).service.delete_webhook(ref))
 
 
 @router.post(
     "/webhooks/{webhook_id}/rotate_secret",
     response_model=WebhookWithSecret,
     tags=["webhooks"],
-    responses=NOT_FOUND,
+    **scoped(Action.MANAGE, NOT_FOUND),
 )
-def rotate_webhook_secret(request: Request, webhook_id: str) -> dict[str, Any]:
+def rotate_webhook_secret(
+    request: Request, principal: Principal, webhook_id: str
+) -> dict[str, Any]:
     """A new secret, in this answer only. The old one keeps signing beside it for
     KEYROTOR_WEBHOOK_SECRET_OVERLAP, so receivers can switch without missing a delivery."""
-    view, secret = context(request).service.rotate_webhook_secret(clean_ref(webhook_id))
+    ref = _allowed(request, principal, Action.MANAGE, webhook_id)
+    view, secret = context(request).service.rotate_webhook_secret(ref)
     return webhook_json(view, secret)
 
 
@@ -169,18 +215,20 @@ def rotate_webhook_secret(request: Request, webhook_id: str) -> dict[str, Any]:
     "/webhooks/{webhook_id}/deliveries",
     response_model=WebhookDeliveryPage,
     tags=["webhooks"],
-    responses=NOT_FOUND,
+    **scoped(Action.MANAGE, NOT_FOUND),
 )
 def list_deliveries(
     request: Request,
+    principal: Principal,
     webhook_id: str,
     after: After = None,
     max_results: MaxResults = MAX_RESULTS,
     direction: Direction = "desc",
 ) -> dict[str, Any]:
     """A webhook's delivery log, newest first unless `direction=asc`."""
+    ref = _allowed(request, principal, Action.MANAGE, webhook_id)
     page = context(request).service.list_deliveries(
-        clean_ref(webhook_id), after=_after(after), max_results=max_results, direction=direction
+        ref, after=_after(after), max_results=max_results, direction=direction
     )
     return webhook_page_json(page)
 
@@ -190,10 +238,13 @@ def list_deliveries(
     status_code=202,
     response_model=WebhookDelivery,
     tags=["webhooks"],
-    responses=NOT_FOUND,
+    **scoped(Action.MANAGE, NOT_FOUND),
 )
-def retry_delivery(request: Request, webhook_id: str, delivery_id: str) -> dict[str, Any]:
+def retry_delivery(
+    request: Request, principal: Principal, webhook_id: str, delivery_id: str
+) -> dict[str, Any]:
     """Send a delivery again within seconds, whatever its state (delivered ones too): it is
     `pending` again, with a fresh retry window, and its attempts go on counting."""
-    view = context(request).service.retry_delivery(clean_ref(webhook_id), clean_ref(delivery_id))
+    ref = _allowed(request, principal, Action.MANAGE, webhook_id)
+    view = context(request).service.retry_delivery(ref, clean_ref(delivery_id))
     return delivery_json(view)

@@ -24,6 +24,18 @@ RELAY_EVERY = 2.0
 PRUNE_EVERY = 600.0
 POOL_EVERY = 60.0
 WEBHOOK_QUEUE = "keyrotor.webhooks"
+# The tasks that take an `actor` keyword (who asked: worker.service.actors); a sender passes
+# it only to these, as any other task would refuse the unknown argument.
+ACTOR_TASKS = frozenset(
+    {
+        "keyrotor.rotate_all",
+        "keyrotor.rotate_realms",
+        "keyrotor.rotate_realm",
+        "keyrotor.purge_expired",
+        "keyrotor.delete_key",
+        "keyrotor.revoke_key",
+    }
+)
 
 
 def make_app(settings: Settings, broker_url: str) -> Celery:

@@ -2,6 +2,11 @@
 
 Every task is safe to run twice at once: the service re-decides under the realm lock, and a
 publication never replaces a newer one.
+
+Each task's events record who it works for (`worker.service.actors`): beat's work is
+`scheduler`'s; a task that writes takes an optional `actor` (the admin key or CLI user that
+asked), passes it on to the tasks it sends, and is `system`'s without one, so messages sent
+before the argument existed still run.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from worker.publish import progress
 from worker.publish.jwks import Publisher, reconcile
 from worker.publish.relay import Relay
 from worker.service import Change, Service
+from worker.service.actors import SCHEDULER, SYSTEM, acting_as
 from worker.service.batch import BatchOutcome
 from worker.settings import Settings, load_settings
 from worker.store import outbox
@@ -155,7 +161,7 @@ def _claim_key(realm_id: str) -> str:
 @app.task(name="keyrotor.rotate_due", trail=False, **RETRY)
 def rotate_due() -> int:
     """Fan out the due realms in `rotate_realms` batches, walking the index a page at a time.
-    Returns how many realms were queued."""
+    Returns how many realms were queued. The batches are `scheduler`'s."""
     ctx = context()
     now = ctx.service.clock()
     claim = max(1, math.ceil(CLAIM_TICKS * ctx.settings.tick.total_seconds()))
@@ -171,11 +177,11 @@ def rotate_due() -> int:
             pipe.set(_claim_key(realm_id), 1, nx=True, ex=claim)
         queued += [realm_id for (_, realm_id), new in zip(page, pipe.execute(), strict=True) if new]
         while len(queued) >= size:
-            rotate_realms.delay(queued[:size])
+            rotate_realms.delay(queued[:size], actor=SCHEDULER)
             sent, queued = sent + size, queued[size:]
         after = page[-1]
     if queued:
-        rotate_realms.delay(queued)
+        rotate_realms.delay(queued, actor=SCHEDULER)
     return sent + len(queued)
 
 
@@ -186,11 +192,24 @@ def rotate_realms(
     before: str | None = None,
     rotation_id: str | None = None,
     batch: int | None = None,
+    actor: str | None = None,
 ) -> int:
     """Rotate a batch of realms in one transaction (what is due; with `force`, now; with
     `before`, every realm whose active key began signing before that moment), then publish
     their key sets together and relay their events. A realm that fails is split out and
     retried alone, with backoff, by `rotate_realm`; the rest commit. Returns the changes."""
+    with acting_as(actor or SYSTEM):
+        return _rotate_realms(realm_ids, force, before, rotation_id, batch, actor)
+
+
+def _rotate_realms(
+    realm_ids: list[str],
+    force: bool,
+    before: str | None,
+    rotation_id: str | None,
+    batch: int | None,
+    actor: str | None,
+) -> int:
     ctx = context()
     outcome = BatchOutcome()
     try:
@@ -218,7 +237,7 @@ def rotate_realms(
             )
             rotate_realm.apply_async(
                 (realm_id,),
-                {"force": force, "before": before, "rotation_id": rotation_id},
+                {"force": force, "before": before, "rotation_id": rotation_id, "actor": actor},
                 countdown=ALONE_AFTER,
             )
     finally:  # a realm retried alone keeps its claim until that task ends
@@ -229,16 +248,26 @@ def rotate_realms(
 
 
 @app.task(name="keyrotor.rotate_realm", bind=True, **RETRY)
-def rotate_realm(self: Task, realm_id: str, force: bool = False, before: str | None = None) -> None:
+def rotate_realm(
+    self: Task,
+    realm_id: str,
+    force: bool = False,
+    before: str | None = None,
+    rotation_id: str | None = None,
+    actor: str | None = None,
+) -> None:
     """Apply what is due (with `force`, rotate now; with `before`, rotate unless rotated since
     then); a realm deleted meanwhile is skipped. A failure is retried with backoff, a few
-    times, before it is left to the next schedule (or the next `rotate --all`)."""
+    times, before it is left to the next schedule (or the next `rotate --all`, whose id a
+    realm split out of its batch carries as `rotation_id`, for the log)."""
     ctx = context()
+    extra = {"realm_id": realm_id, "rotation_id": rotation_id}
     try:
         cutoff = parse_rfc3339(before) if before else None
-        report(ctx.service.rotate(realm_id, force=force, before=cutoff))
+        with acting_as(actor or SYSTEM):
+            report(ctx.service.rotate(realm_id, force=force, before=cutoff))
     except NotFound:
-        log.info("realm %s is gone; nothing to rotate", realm_id, extra={"realm_id": realm_id})
+        log.info("realm %s is gone; nothing to rotate", realm_id, extra=extra)
     except RETRYABLE:
         raise
     except Exception as error:
@@ -253,19 +282,21 @@ def rotate_realm(self: Task, realm_id: str, force: bool = False, before: str | N
 
 
 @app.task(name="keyrotor.purge_expired", **RETRY)
-def purge_expired() -> int:
-    """Delete the keys whose grace window has ended."""
-    changes = context().service.purge_expired()
-    for change in changes:
-        report(change)
+def purge_expired(actor: str | None = None) -> int:
+    """Delete the keys whose grace window has ended; beat's, so `scheduler`'s by default."""
+    with acting_as(actor or SCHEDULER):
+        changes = context().service.purge_expired()
+        for change in changes:
+            report(change)
     return len(changes)
 
 
 @app.task(name="keyrotor.delete_key", **RETRY)
-def delete_key(key_id: str, force: bool = False) -> None:
+def delete_key(key_id: str, force: bool = False, actor: str | None = None) -> None:
     """Expire a key (or revoke it with force); a key already gone is not an error."""
     try:
-        original = context().service.delete_key(key_id, force=force)
+        with acting_as(actor or SYSTEM):
+            original = context().service.delete_key(key_id, force=force)
     except NotFound:
         log.info("key %s is already gone", key_id, extra={"key_id": key_id})
         return
@@ -280,9 +311,9 @@ def delete_key(key_id: str, force: bool = False) -> None:
 
 
 @app.task(name="keyrotor.revoke_key", **RETRY)
-def revoke_key(key_id: str) -> None:
+def revoke_key(key_id: str, actor: str | None = None) -> None:
     """Force delete: out of storage and every published JWKS at once, replaced at once."""
-    delete_key(key_id, force=True)
+    delete_key(key_id, force=True, actor=actor)
 
 
 @app.task(name="keyrotor.publish_jwks", **RETRY)
@@ -299,7 +330,8 @@ def publish_jwks(realm_id: str) -> None:
 def reconcile_jwks() -> int:
     """Republish every realm whose Redis copy or file lags the database."""
     ctx = context()
-    lagging = reconcile(ctx.service, ctx.publisher)
+    with acting_as(SCHEDULER):  # beat's sweep: anything it ever writes is the scheduler's
+        lagging = reconcile(ctx.service, ctx.publisher)
     if lagging:
         log.info("republished %d lagging JWKS", lagging, extra={"jwks_republished": lagging})
     return lagging
@@ -308,7 +340,8 @@ def reconcile_jwks() -> int:
 @app.task(name="keyrotor.relay_events", **RETRY)
 def relay_events() -> int:
     """Send the outbox events a commit left behind (Redis away, a worker killed after commit)."""
-    sent = context().relay.relay_all()
+    with acting_as(SCHEDULER):
+        sent = context().relay.relay_all()
     if sent:  # an empty sweep, every two seconds, is no news (Celery's own line is at DEBUG)
         log.info("relayed %d event(s) left in the outbox", sent, extra={"events_relayed": sent})
     return sent
@@ -322,7 +355,8 @@ def prune_events() -> int:
     before = ctx.service.clock() - ctx.settings.events_retention
     deleted = 0
     for _ in range(PRUNE_BATCHES):
-        pruned = outbox.prune(ctx.service.sessions, before, PRUNE_BATCH)
+        with acting_as(SCHEDULER):
+            pruned = outbox.prune(ctx.service.sessions, before, PRUNE_BATCH)
         deleted += pruned
         if pruned < PRUNE_BATCH:
             break
@@ -343,7 +377,8 @@ def fill_key_pool() -> int:
     ctx = context()
     policy = ctx.settings.default_policy
     wanted = [(policy.algo, policy.rsa_bits)] if policy.algo in POOLED_ALGOS else []
-    made = ctx.service.fill_pool(ctx.settings.key_pool_size, wanted=wanted)
+    with acting_as(SCHEDULER):
+        made = ctx.service.fill_pool(ctx.settings.key_pool_size, wanted=wanted)
     if made:
         log.info("made %d pooled key(s)", made, extra={"pooled_keys_made": made})
     return made

@@ -20,10 +20,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from worker.client.events import CHANNEL, RELAYED_TTL, STREAM, encode, relayed_key
-from worker.core.clock import Clock, rfc3339, utcnow
+from worker.core.clock import Clock, utcnow
 from worker.publish.jwks import Publisher, publish_realm
 from worker.service import Publication, Service
+from worker.service.events import event_view
 from worker.service.webhooks import Dispatch
+from worker.service.wire import event_json
 from worker.store import outbox
 from worker.store.models import Event
 
@@ -47,16 +49,9 @@ return entry
 
 
 def payload(event: Event) -> dict[str, Any]:
-    """The event as published: ids, reason and version, never key material."""
-    return {
-        "id": event.id,
-        "event_type": event.event_type,
-        "realm_id": event.realm_id,
-        "event_at": rfc3339(event.event_at),
-        "reason": event.reason,
-        "key_ids": list(event.key_ids),
-        "jwks_version": event.jwks_version,
-    }
+    """The event as published: ids, reason, version and who asked, never key material; the
+    same JSON `GET /v1/events` lists (one producer: `worker.service.wire.event_json`)."""
+    return event_json(event_view(event))
 
 
 class Relay:

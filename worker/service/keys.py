@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import select
@@ -50,11 +51,16 @@ class JwtKeys(Writer):
         max_results: int = MAX_RESULTS,
         direction: str = "desc",
         sort: str = "id",
+        only: Collection[str] | None = None,
     ) -> Page[KeyView]:
+        """A page of keys, of one realm or all; `only` (realm ids) narrows it to the realms an
+        admin key may read."""
         with transaction(self.sessions, read_only=True) as session:
             query = select(JwtKey)
             if realm is not None:
                 query = query.where(JwtKey.realm_id == self._realm(session, realm).id)
+            if only is not None:
+                query = query.where(JwtKey.realm_id.in_(sorted(only)))
             return read_page(
                 session,
                 query,

@@ -54,7 +54,8 @@ class Publishing(ServiceBase):
         return self.publication(realm_ref).jwks
 
     def signing_key(self, realm_ref: str) -> ActiveKey:
-        """The realm's active key with its secret opened, and the longest token it may sign."""
+        """The realm's active key with its secret opened, the longest token it may sign, and
+        the realm's `jwks_version` read with it."""
         with transaction(self.sessions, read_only=True) as session:
             realm = self._realm(session, realm_ref)
             row = session.scalars(
@@ -69,6 +70,7 @@ class Publishing(ServiceBase):
                 algo=row.algo,
                 secret=self.master_keys.open(row.sealed_secret, realm_id=realm.id, key_id=row.id),
                 max_token_ttl=timedelta(seconds=realm.max_token_ttl_s),
+                jwks_version=realm.jwks_version,
             )
 
 

@@ -73,6 +73,21 @@ class Change:
 
 
 @dataclass(frozen=True)
+class EventView:
+    """One kept outbox event, as the stream carries it: what changed, and who asked (`actor`:
+    an admin key id, `cli:<OS user>`, `scheduler` or `system`); never key material."""
+
+    id: str
+    event_type: str
+    realm_id: str
+    event_at: datetime
+    reason: str
+    key_ids: list[str]
+    jwks_version: int
+    actor: str
+
+
+@dataclass(frozen=True)
 class Publication:
     """A realm's JWKS as of one `jwks_version`, and when it is next scheduled to change."""
 

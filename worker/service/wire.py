@@ -1,5 +1,5 @@
-"""AuthRocket's JSON for realms, keys, pages, rotations and webhooks: the one producer of that
-shape.
+"""AuthRocket's JSON for realms, keys, pages, rotations and webhooks, and the event payload:
+the one producer of each shape.
 
 The HTTP admin API answers with it and the CLI prints it for `--json`; `worker.http.models`
 describes the same shape for OpenAPI. Timestamps are RFC 3339 in UTC, durations whole seconds.
@@ -11,7 +11,14 @@ from datetime import timedelta
 from typing import Any
 
 from worker.core.clock import rfc3339
-from worker.service.views import KeyView, Page, RealmView, RotationProgress, RotationView
+from worker.service.views import (
+    EventView,
+    KeyView,
+    Page,
+    RealmView,
+    RotationProgress,
+    RotationView,
+)
 from worker.service.webhooks import DeliveryView, WebhookView
 
 
@@ -59,6 +66,25 @@ def page_json(page: Page[RealmView] | Page[KeyView]) -> dict[str, Any]:
         "more_results": page.more_results,
         "collection": [view_json(v) for v in page.collection],
     }
+
+
+def event_json(view: EventView) -> dict[str, Any]:
+    """The event payload: what the stream, the channel and webhooks carry, and what
+    `GET /v1/events` lists, so a consumer reads both the same way."""
+    return {
+        "id": view.id,
+        "event_type": view.event_type,
+        "realm_id": view.realm_id,
+        "event_at": rfc3339(view.event_at),
+        "reason": view.reason,
+        "key_ids": list(view.key_ids),
+        "jwks_version": view.jwks_version,
+        "actor": view.actor,
+    }
+
+
+def event_page_json(page: Page[EventView]) -> dict[str, Any]:
+    return {"more_results": page.more_results, "collection": list(map(event_json, page.collection))}
 
 
 def rotation_json(view: RotationView, progress: RotationProgress) -> dict[str, Any]:

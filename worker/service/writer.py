@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from worker.core import ids, keys, lifecycle
 from worker.core.lifecycle import Key, Plan, Policy, State
+from worker.service.actors import current_actor
 from worker.service.base import core_key
 from worker.service.policy import policy_of
 from worker.service.pool import KeyPool
@@ -166,6 +167,7 @@ class Writer(KeyPool):
                 key_ids=list(key_ids),
                 jwks_version=realm.jwks_version,
                 event_at=now,
+                actor=current_actor(),
             )
         )
         return event_id

@@ -1,14 +1,15 @@
 """Admin API keys: RSA key pairs whose private half leaves once and is never stored.
 
 Each operation is its own short transaction on `admin_keys`. The HTTP layer looks a token's
-`kid` up here on every request (a primary-key read), so a deleted key is refused at once by
-every web process, with no cache to invalidate.
+`kid` up here on every request (a primary-key read of the public key and its scopes), so a
+deleted key is refused at once by every web process, with no cache to invalidate.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -20,10 +21,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker.core import ids, keys
 from worker.core.clock import Clock, rfc3339, utcnow
 from worker.core.errors import InvalidInput, NotFound
+from worker.core.scopes import ADMIN, check_scopes
 from worker.store.db import transaction
 from worker.store.models import AdminKey
 
 MAX_KID_CHARS = 32
+Views = list[dict[str, Any]]  # named out here: `AdminKeys.list` hides the builtin in its body
+Scopes = list[str]
 
 
 def fingerprint(public_pem: str) -> str:
@@ -42,8 +46,17 @@ def admin_key_view(row: AdminKey) -> dict[str, Any]:
         "object": "admin_key",
         "fingerprint": fingerprint(row.public_pem),
         "public_key": row.public_pem,
+        "scopes": stored_scopes(row.scopes),
         "created_at": rfc3339(row.created_at),
     }
+
+
+def stored_scopes(value: object) -> list[str]:
+    """A row's scopes as written by `create` (or the migration's `["admin"]`); anything else in
+    the column grants nothing rather than failing every request of that key."""
+    if not isinstance(value, list):
+        return []
+    return [scope for scope in value if isinstance(scope, str)]
 
 
 def is_admin_key_id(value: str) -> bool:
@@ -52,15 +65,19 @@ def is_admin_key_id(value: str) -> bool:
 
 
 class AdminKeys:
-    """Create, list and delete admin API keys; `public_pem(kid)` is what authentication reads."""
+    """Create, list and delete admin API keys; `admin_key(kid)` is what authentication reads."""
 
     def __init__(self, sessions: sessionmaker[Session], clock: Clock = utcnow) -> None:
         self.sessions = sessions
         self.clock = clock
 
-    def create(self, public_pem: str | None = None) -> tuple[dict[str, Any], str | None]:
+    def create(
+        self, public_pem: str | None = None, scopes: Sequence[str] | None = None
+    ) -> tuple[dict[str, Any], str | None]:
         """A new key pair (returns its view and the private PEM, which is not kept), or, given
-        `public_pem`, the registration of a key pair made elsewhere (no private PEM)."""
+        `public_pem`, the registration of a key pair made elsewhere (no private PEM). Scopes
+        default to `admin`; they are checked before any key is made."""
+        checked = check_scopes([ADMIN] if scopes is None else scopes)
         private_pem: str | None = None
         if public_pem is None:
             material = keys.generate("rs256", keys.MIN_RSA_BITS)
@@ -68,7 +85,9 @@ class AdminKeys:
             assert public_pem is not None
         else:
             public_pem = _checked_public_pem(public_pem)
-        row = AdminKey(id=ids.admin_key_id(), public_pem=public_pem, created_at=self.clock())
+        row = AdminKey(
+            id=ids.admin_key_id(), public_pem=public_pem, scopes=checked, created_at=self.clock()
+        )
         with transaction(self.sessions) as session:
             session.add(row)
         return admin_key_view(row), private_pem
@@ -77,6 +96,19 @@ class AdminKeys:
         with transaction(self.sessions, read_only=True) as session:
             rows = session.scalars(select(AdminKey).order_by(AdminKey.created_at, AdminKey.id))
             return [admin_key_view(row) for row in rows]
+
+    def page(
+        self, *, after: str | None = None, max_results: int = 100, direction: str = "desc"
+    ) -> tuple[bool, Views]:
+        """One page in id order from just past `after`, and whether more follow: the admin
+        API's listing, paged like its others."""
+        query = select(AdminKey)
+        if after is not None:
+            query = query.where(AdminKey.id > after if direction == "asc" else AdminKey.id < after)
+        order = AdminKey.id.asc() if direction == "asc" else AdminKey.id.desc()
+        with transaction(self.sessions, read_only=True) as session:
+            rows = list(session.scalars(query.order_by(order).limit(max_results + 1)))
+            return len(rows) > max_results, [admin_key_view(row) for row in rows[:max_results]]
 
     def get(self, kid: str) -> dict[str, Any]:
         with transaction(self.sessions, read_only=True) as session:
@@ -90,12 +122,20 @@ class AdminKeys:
             session.delete(row)
             return view
 
-    def public_pem(self, kid: str) -> str | None:
-        """The public PEM of a current admin key, or None: one primary-key read."""
+    def admin_key(self, kid: str) -> tuple[str, Scopes] | None:
+        """The public PEM and scopes of a current admin key, or None: one primary-key read."""
         if not is_admin_key_id(kid):
             return None
         with transaction(self.sessions, read_only=True) as session:
-            return session.scalar(select(AdminKey.public_pem).where(AdminKey.id == kid))
+            found = session.execute(
+                select(AdminKey.public_pem, AdminKey.scopes).where(AdminKey.id == kid)
+            ).one_or_none()
+            return None if found is None else (found[0], stored_scopes(found[1]))
+
+    def public_pem(self, kid: str) -> str | None:
+        """The public PEM of a current admin key, or None (for callers that need no scopes)."""
+        found = self.admin_key(kid)
+        return None if found is None else found[0]
 
     def _row(self, session: Session, kid: str) -> AdminKey:
         row = session.get(AdminKey, kid) if is_admin_key_id(kid) else None

@@ -128,6 +128,8 @@ class Event(Base):
             sqlite_where=text("published_at IS NULL"),
             postgresql_where=text("published_at IS NULL"),
         ),
+        # GET /v1/events?realm_id=: a realm's retained events in order, not the whole outbox.
+        Index("ix_events_realm_id_seq", "realm_id", "seq"),
         # prune_events finds the oldest relayed events without reading the unsent or the rest.
         Index(
             "ix_events_published_at",

@@ -1,20 +1,22 @@
-"""Queries on the `events` outbox: what the relay has still to send, marking it sent, and
-dropping what was sent long ago.
+"""Queries on the `events` outbox: what the relay has still to send, marking it sent, the
+audit listing, and dropping what was sent long ago.
 
 The service writes outbox rows with the change they describe; only the relay reads them back
 and stamps `published_at`, so marking never touches realms or keys. Once sent, a row is only a
-record: `prune` deletes it after the retention, and never a row the relay has still to send.
+record (`listing` reads it back, for who changed what): `prune` deletes it after the
+retention, and never a row the relay has still to send.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from worker.core.errors import NotFound
 from worker.store.db import transaction
 from worker.store.models import Event
 
@@ -48,6 +50,34 @@ def mark_published(
         )
         if then is not None:
             then(session, stamped)
+
+
+def listing(
+    sessions: sessionmaker[Session],
+    *,
+    limit: int,
+    realm_ids: Collection[str] | None = None,
+    actor: str | None = None,
+    after: str | None = None,
+    newest_first: bool = True,
+) -> list[Event]:
+    """Up to `limit` kept events of `realm_ids` (None: every realm) and `actor`, newest first
+    (or oldest), from just past the event `after`. Pages are keyset pages on `seq`, the order
+    events were written, so a page never repeats or skips a row as new ones arrive; an `after`
+    no longer kept (pruned) is NotFound, as there is nowhere to go on from."""
+    query = select(Event)
+    if realm_ids is not None:
+        query = query.where(Event.realm_id.in_(sorted(realm_ids)))
+    if actor is not None:
+        query = query.where(Event.actor == actor)
+    with transaction(sessions, read_only=True) as session:
+        if after is not None:
+            seq = session.scalar(select(Event.seq).where(Event.id == after))
+            if seq is None:
+                raise NotFound(f"Event {after!r} is not kept")
+            query = query.where(Event.seq < seq if newest_first else Event.seq > seq)
+        order = Event.seq.desc() if newest_first else Event.seq.asc()
+        return list(session.scalars(query.order_by(order).limit(limit)))
 
 
 def count_unpublished(sessions: sessionmaker[Session]) -> int:

@@ -1,4 +1,5 @@
-"""Scopes on admin keys (existing keys keep everything: `admin`), and who caused each event.
+"""Scopes on admin keys (existing keys keep everything: `admin`), who caused each event, and
+an index to list one realm's events.
 
 Revision ID: 0005
 Revises: 0004
@@ -16,14 +17,18 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("admin_keys") as table:
-        table.add_column(sa.Column("scopes", sa.JSON(), nullable=False, server_default='["admin"]'))
-    with op.batch_alter_table("events") as table:
-        table.add_column(sa.Column("actor", sa.String(64), nullable=False, server_default="system"))
+    # Plain ADD COLUMN with a constant default: SQLite and PostgreSQL both fill existing rows
+    # without copying the table.
+    op.add_column(
+        "admin_keys", sa.Column("scopes", sa.JSON(), nullable=False, server_default='["admin"]')
+    )
+    op.add_column(
+        "events", sa.Column("actor", sa.String(64), nullable=False, server_default="system")
+    )
+    op.create_index("ix_events_realm_id_seq", "events", ["realm_id", "seq"])
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("events") as table:
-        table.drop_column("actor")
-    with op.batch_alter_table("admin_keys") as table:
-        table.drop_column("scopes")
+    op.drop_index("ix_events_realm_id_seq", table_name="events")
+    op.drop_column("events", "actor")
+    op.drop_column("admin_keys", "scopes")
