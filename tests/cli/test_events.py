@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 
 from tests.conftest import ONE_DATABASE
 from tests.support.cli import KEYROTOR, keyrotor_in_process
+from tests.support.processes import interruptible
 from worker.core.sealing import MasterKeys, generate_master_key
 from worker.service import Limits, Service
 from worker.store.db import session_factory
@@ -133,6 +134,7 @@ def test_events_prints_json_lines_and_follows_the_stream(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
     )
     lines: queue.Queue[str] = queue.Queue()
 

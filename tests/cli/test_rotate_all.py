@@ -27,6 +27,7 @@ from sqlalchemy import select
 from tests.conftest import ONE_DATABASE
 from tests.jobs.test_batches import rotations
 from tests.support.cli import KEYROTOR, keyrotor_in_process
+from tests.support.processes import interruptible
 from tests.support.stack import Stack, wait_for
 from worker.core.clock import rfc3339, utcnow
 from worker.store import outbox
@@ -127,6 +128,7 @@ def test_an_interrupted_rotation_resumes_and_rotates_each_realm_exactly_once(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
     )
     try:
         wait_for(marker.exists, 30, "the first batch to pause")

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text, update
 
+from tests.store.test_db import HEAD
 from tests.support.processes import free_port, processes_under
 from tests.support.stack import Stack, wait_for
 from worker.core.keys import POOL_REALM
@@ -111,7 +112,7 @@ def test_an_unmigrated_database(stack: Stack, tmp_path: Path) -> None:
     sqlite3.connect(empty).close()
     found = problems(examine(changed(stack.settings, database_url=f"sqlite:///{empty}")))
     assert found["database"].endswith(
-        ": schema at nothing, this code needs 0003 (run `keyrotor migrate`)"
+        f": schema at nothing, this code needs {HEAD} (run `keyrotor migrate`)"
     )
     assert found["policies"].startswith("not checked, database not usable:")
     assert set(found) == {"database", "sealed_keys", "policies", "overdue", "outbox", "jwks"}

@@ -125,9 +125,11 @@ def test_events_are_listed_newest_first_by_realm_and_actor_a_page_at_a_time(
     assert mine.more_results and len(mine.collection) == 2
     assert service.list_events(actor="aky_nobody").collection == []
     # `only`: the realms an admin key may read; a realm outside it shows nothing
-    assert {e.realm_id for e in service.list_events(only={beta}).collection} == {beta}
+    assert {e.realm_id for e in service.list_events(only={acme}).collection} == {acme}
     assert service.list_events(only=set()).collection == []
     assert service.list_events(realm_id=acme, only={beta}).collection == []
+    # a scope naming a deleted realm grants nothing, not even its kept events
+    assert service.list_events(only={beta}).collection == []
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -27,3 +28,9 @@ def processes_under(folder: Path) -> list[int]:
         if state != "Z" and Path(cwd).is_relative_to(folder):
             found.append(int(entry.name))
     return found
+
+
+def interruptible() -> None:
+    """`preexec_fn` for a child a test stops with SIGINT: Python leaves SIGINT ignored when it
+    starts with it ignored (as in a job a script started with `&`), so reset it first."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

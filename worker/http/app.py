@@ -269,7 +269,8 @@ def human_errors(details: Sequence[Any]) -> list[str]:
 def _human(detail: Any) -> str:
     loc = [part for part in detail.get("loc", ()) if isinstance(part, str)]
     kind = str(detail.get("type", ""))
-    where = [part for part in loc if part not in ("body", "query", "path", "header")]
+    # The first part says where the value came from; a field may be called `header` too.
+    where = loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc
     if kind == "json_invalid":
         return "Body is not valid JSON"
     if not where:
