@@ -101,7 +101,9 @@ def relay(settings: Settings, service: Service, client: redis.Redis | None = Non
 
 
 @cache
-def _task_sender(settings: Settings) -> Celery:
+def task_sender(settings: Settings) -> Celery:
+    """The Celery app a process sends tasks with (the web API, the CLI, a relay), made on
+    first use and kept: a broker connection pool per process, not per message."""
     from worker.jobs.app import make_app
 
     return make_app(settings, require_redis_url(settings))
@@ -110,7 +112,7 @@ def _task_sender(settings: Settings) -> Celery:
 def send_deliveries(settings: Settings, dispatches: Sequence[Dispatch]) -> None:
     """Queue webhook deliveries for the webhook worker, from any process (a task, the web
     API, the CLI) through a Celery app made for sending on first use."""
-    tasks = _task_sender(settings)
+    tasks = task_sender(settings)
     for dispatch in dispatches:
         tasks.send_task(
             "keyrotor.deliver_webhook",

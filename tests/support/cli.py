@@ -103,9 +103,9 @@ def last_resort_logging() -> Iterator[None]:
 
 def forget(database_url: str | None) -> None:
     """Drop the settings, service, engine, Redis clients and Celery app a run cached."""
-    if runtime._task_sender.cache_info().currsize and common.settings.cache_info().currsize:
-        runtime._task_sender(common.settings()).close()
-    runtime._task_sender.cache_clear()
+    if runtime.task_sender.cache_info().currsize and common.settings.cache_info().currsize:
+        runtime.task_sender(common.settings()).close()
+    runtime.task_sender.cache_clear()
     common.service.cache_clear()
     common.settings.cache_clear()
     if database_url and runtime.engine.cache_info().currsize:

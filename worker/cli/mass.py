@@ -28,7 +28,6 @@ from rich.text import Text
 from worker import runtime
 from worker.cli.common import confirm, err, fail, out, print_json, service, settings
 from worker.core.clock import parse_rfc3339, rfc3339, utcnow
-from worker.jobs.app import make_app
 from worker.publish.progress import read_progress
 from worker.service import RotationProgress, RotationView, Service
 from worker.service.actors import current_actor
@@ -119,15 +118,12 @@ def _queue(svc: Service, view: RotationView, *, resume: bool) -> None:
     if not resume and view.total == 0:
         svc.mark_queued(view.id, 0)
         return
-    tasks = make_app(settings(), runtime.require_redis_url(settings()))
-    try:
-        # The batches' events record this command's user (`cli:<user>`), not the workers.
-        kwargs = {"resend": resume, "actor": current_actor()}
-        tasks.send_task("keyrotor.rotate_all", args=[view.id], kwargs=kwargs)
-        if not tasks.control.ping(timeout=PING_SECONDS):
-            err.print("warning: no worker answers; the batches wait until one starts")
-    finally:
-        tasks.close()
+    tasks = runtime.task_sender(settings())
+    # The batches' events record this command's user (`cli:<user>`), not the workers.
+    kwargs = {"resend": resume, "actor": current_actor()}
+    tasks.send_task("keyrotor.rotate_all", args=[view.id], kwargs=kwargs)
+    if not tasks.control.ping(timeout=PING_SECONDS):
+        err.print("warning: no worker answers; the batches wait until one starts")
 
 
 def _follow(svc: Service, client: redis.Redis, view: RotationView) -> RotationView:

@@ -117,7 +117,8 @@ Sort = Annotated[Literal["id"], Query(description="Sort field.")]
 Direction = Annotated[Literal["asc", "desc"], Query(description="Sort direction.")]
 
 
-def _after(value: str | None) -> str | None:
+def checked_after(value: str | None) -> str | None:
+    """A listing's `after`: an id, so never a control character."""
     if value is not None and not value.isprintable():
         raise InvalidInput("After must be an id")
     return value
@@ -162,7 +163,7 @@ def list_jwt_keys(
         principal.allow(Need(Action.READ, realm))
     page = service.list_keys(
         realm=realm,
-        after=_after(after),
+        after=checked_after(after),
         max_results=max_results,
         direction=direction,
         sort=sort,
@@ -248,7 +249,7 @@ def list_realms(
 ) -> dict[str, Any]:
     """List the realms the admin key may read, newest id first unless `direction=asc`."""
     page = context(request).service.list_realms(
-        after=_after(after),
+        after=checked_after(after),
         max_results=max_results,
         direction=direction,
         sort=sort,

@@ -11,7 +11,6 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from worker.core.errors import InvalidInput
 from worker.core.scopes import Action, Need
 from worker.http.admin import (
     NOT_FOUND,
@@ -20,6 +19,7 @@ from worker.http.admin import (
     Direction,
     MaxResults,
     Principal,
+    checked_after,
     require_admin,
     scoped,
 )
@@ -42,10 +42,8 @@ def list_admin_keys(
 ) -> dict[str, Any]:
     """List admin keys, newest id first unless `direction=asc`."""
     principal.allow(Need(Action.ADMIN_KEYS))
-    if after is not None and not after.isprintable():
-        raise InvalidInput("After must be an id")
     more, views = context(request).admin_keys.page(
-        after=after, max_results=max_results, direction=direction
+        after=checked_after(after), max_results=max_results, direction=direction
     )
     return {"more_results": more, "collection": views}
 

@@ -26,7 +26,7 @@ from worker.settings import Settings
 from worker.store.admin_keys import AdminKeys
 
 if TYPE_CHECKING:
-    from celery import Celery  # made on first use: a web process that queues nothing never loads it
+    pass  # made on first use: a web process that queues nothing never loads it
 
 log = logging.getLogger("keyrotor.http")
 
@@ -193,22 +193,17 @@ class HttpContext:
     recent: Recent = field(default_factory=Recent)
     reading: dict[tuple[str, int], asyncio.Future[Document]] = field(default_factory=dict)
     """JWKS reads in progress, by reference and `Recent` generation (jwks_route.py)."""
-    _tasks: Celery | None = field(default=None, repr=False)
-    _tasks_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def send_task(self, name: str, *args: str) -> None:
         """Queue a task for the workers, by name, on the configured (or embedded) broker (the
-        Celery app for sending is made on first use); a broker away is a Redis error. A task
+        process's sending app, `runtime.task_sender`); a broker away is a Redis error. A task
         that records who asked gets the request's actor (the admin key), so the changes it
         makes on the workers are that key's."""
         from kombu.exceptions import OperationalError
 
-        from worker.jobs.app import ACTOR_TASKS, make_app
+        from worker.jobs.app import ACTOR_TASKS
 
-        with self._tasks_lock:
-            if self._tasks is None:
-                self._tasks = make_app(self.settings, runtime.require_redis_url(self.settings))
-            tasks = self._tasks
+        tasks = runtime.task_sender(self.settings)
         try:
             kwargs = {"actor": current_actor()} if name in ACTOR_TASKS else {}
             tasks.send_task(name, args=list(args), kwargs=kwargs)

@@ -13,23 +13,23 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from worker.core import ids
-from worker.core.scopes import Action, Need, describe, readable_realms
-from worker.http.admin import NOT_FOUND, UNAUTHORIZED, require_admin
-from worker.http.auth import AdminPrincipal
+from worker.core.scopes import Action, Need
+from worker.http.admin import (
+    NOT_FOUND,
+    UNAUTHORIZED,
+    Direction,
+    MaxResults,
+    Principal,
+    require_admin,
+    scoped,
+)
 from worker.http.context import clean_ref, context
-from worker.http.models import Errors, Timestamp
+from worker.http.models import Timestamp
 from worker.service import MAX_RESULTS
 from worker.service.actors import MAX_CHARS
 from worker.service.wire import event_page_json
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)], responses=UNAUTHORIZED)
-
-FORBIDDEN: dict[int | str, dict[str, Any]] = {
-    403: {
-        "model": Errors,
-        "description": 'The admin key may not read that realm: `{"errors": ["Forbidden"]}`',
-    }
-}
 
 
 class Event(BaseModel):
@@ -58,12 +58,11 @@ class EventPage(BaseModel):
     "/events",
     response_model=EventPage,
     tags=["events"],
-    responses={**FORBIDDEN, **NOT_FOUND},
-    openapi_extra={"x-required-scope": describe(Action.READ)},
+    **scoped(Action.READ, NOT_FOUND),
 )
 def list_events(
     request: Request,
-    principal: Annotated[AdminPrincipal, Depends(require_admin)],
+    principal: Principal,
     realm_id: Annotated[
         str | None,
         Query(
@@ -81,12 +80,8 @@ def list_events(
     after: Annotated[
         str | None, Query(max_length=100, description="Start after this event id (the last seen).")
     ] = None,
-    max_results: Annotated[
-        int, Query(ge=1, le=MAX_RESULTS, description="Page size, 1-100.")
-    ] = MAX_RESULTS,
-    direction: Annotated[
-        Literal["asc", "desc"], Query(description="Sort direction (newest first by default).")
-    ] = "desc",
+    max_results: MaxResults = MAX_RESULTS,
+    direction: Direction = "desc",
 ) -> dict[str, Any]:
     """The kept events (relayed ones go after KEYROTOR_EVENTS_RETENTION), newest first unless
     `direction=asc`, of the realms the admin key may read. An unknown realm name is 404; a
@@ -104,6 +99,6 @@ def list_events(
         after=after,
         max_results=max_results,
         direction=direction,
-        only=readable_realms(principal.scopes),
+        only=principal.readable(),
     )
     return event_page_json(page)

@@ -11,13 +11,24 @@ runs them in its thread pool.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 
 from worker.core.errors import InvalidInput, NotFound
 from worker.core.scopes import Action, Need
-from worker.http.admin import NOT_FOUND, UNAUTHORIZED, Principal, listing, require_admin, scoped
+from worker.http.admin import (
+    NOT_FOUND,
+    UNAUTHORIZED,
+    After,
+    Direction,
+    MaxResults,
+    Principal,
+    checked_after,
+    listing,
+    require_admin,
+    scoped,
+)
 from worker.http.context import clean_ref, context
 from worker.http.models import (
     NewWebhookEnvelope,
@@ -32,20 +43,6 @@ from worker.service import MAX_RESULTS
 from worker.service.wire import delivery_json, webhook_json, webhook_page_json
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)], responses=UNAUTHORIZED)
-
-After = Annotated[
-    str | None, Query(max_length=100, description="Start after this id (the last one seen).")
-]
-MaxResults = Annotated[int, Query(ge=1, le=MAX_RESULTS, description="Page size, 1-100.")]
-Direction = Annotated[
-    Literal["asc", "desc"], Query(description="Sort direction (by id, newest first by default).")
-]
-
-
-def _after(value: str | None) -> str | None:
-    if value is not None and not value.isprintable():
-        raise InvalidInput("After must be an id")
-    return value
 
 
 def _realm(request: Request, ref: str | None) -> str | None:
@@ -73,7 +70,7 @@ def list_webhooks(
     """List the webhooks the admin key may read, newest id first unless `direction=asc`;
     secrets are never listed."""
     page = context(request).service.list_webhooks(
-        after=_after(after),
+        after=checked_after(after),
         max_results=max_results,
         direction=direction,
         only=principal.readable(),
@@ -228,7 +225,7 @@ def list_deliveries(
     """A webhook's delivery log, newest first unless `direction=asc`."""
     ref = _allowed(request, principal, Action.MANAGE, webhook_id)
     page = context(request).service.list_deliveries(
-        ref, after=_after(after), max_results=max_results, direction=direction
+        ref, after=checked_after(after), max_results=max_results, direction=direction
     )
     return webhook_page_json(page)
 

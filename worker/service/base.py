@@ -16,6 +16,7 @@ from worker.core.sealing import MasterKeys
 from worker.core.webhooks import WebhookPolicy
 from worker.service.policy import Limits
 from worker.service.views import Page
+from worker.store.db import keyset_page
 from worker.store.models import JwtKey, Realm
 
 MAX_RESULTS = 100
@@ -88,8 +89,7 @@ def read_page(
         raise InvalidInput("Direction must be asc or desc")
     if sort != "id":
         raise InvalidInput("Sort must be 'id'")
-    if after is not None:
-        query = query.where(column > after if direction == "asc" else column < after)
-    order = column.asc() if direction == "asc" else column.desc()
-    rows = list(session.scalars(query.order_by(order).limit(max_results + 1)))
-    return Page(len(rows) > max_results, [view(row) for row in rows[:max_results]])
+    more, rows = keyset_page(
+        session, query, column, after=after, max_results=max_results, direction=direction
+    )
+    return Page(more, [view(row) for row in rows])

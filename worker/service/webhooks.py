@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from keyrotor_client.events import REASONS
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
@@ -149,7 +150,7 @@ class Webhooks(ServiceBase):
     ) -> tuple[WebhookView, str]:
         """A new webhook and its secret, which is shown this once."""
         self.check_target(url)
-        known = rules.check_reasons(reasons, _reasons())
+        known = rules.check_reasons(reasons, REASONS)
         _check_enabled(enabled)
         secret = ids.webhook_secret()
         now = self.clock()
@@ -204,7 +205,7 @@ class Webhooks(ServiceBase):
             raise InvalidInput(f"Unknown field(s): {', '.join(unknown)}")
         if "url" in changes:
             self.check_target(changes["url"])
-        known = rules.check_reasons(changes.get("reasons"), _reasons())
+        known = rules.check_reasons(changes.get("reasons"), REASONS)
         if "enabled" in changes:
             _check_enabled(changes["enabled"])
         with transaction(self.sessions) as session:
@@ -507,12 +508,6 @@ class Webhooks(ServiceBase):
 
     def _open_secret(self, webhook_id: str, sealed: bytes) -> str:
         return self.master_keys.open(sealed, realm_id=SEALED_AS, key_id=webhook_id).decode()
-
-
-def _reasons() -> tuple[str, ...]:
-    from worker.client.events import REASONS
-
-    return REASONS
 
 
 def _check_enabled(enabled: object) -> None:

@@ -22,7 +22,7 @@ from worker.core import ids, keys
 from worker.core.clock import Clock, rfc3339, utcnow
 from worker.core.errors import InvalidInput, NotFound
 from worker.core.scopes import ADMIN, check_scopes
-from worker.store.db import transaction
+from worker.store.db import keyset_page, transaction
 from worker.store.models import AdminKey
 
 MAX_KID_CHARS = 32
@@ -102,13 +102,16 @@ class AdminKeys:
     ) -> tuple[bool, Views]:
         """One page in id order from just past `after`, and whether more follow: the admin
         API's listing, paged like its others."""
-        query = select(AdminKey)
-        if after is not None:
-            query = query.where(AdminKey.id > after if direction == "asc" else AdminKey.id < after)
-        order = AdminKey.id.asc() if direction == "asc" else AdminKey.id.desc()
         with transaction(self.sessions, read_only=True) as session:
-            rows = list(session.scalars(query.order_by(order).limit(max_results + 1)))
-            return len(rows) > max_results, [admin_key_view(row) for row in rows[:max_results]]
+            more, rows = keyset_page(
+                session,
+                select(AdminKey),
+                AdminKey.id,
+                after=after,
+                max_results=max_results,
+                direction=direction,
+            )
+            return more, [admin_key_view(row) for row in rows]
 
     def get(self, kid: str) -> dict[str, Any]:
         with transaction(self.sessions, read_only=True) as session:

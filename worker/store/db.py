@@ -11,7 +11,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Select, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -101,3 +101,21 @@ def require_migrated(engine: Engine) -> None:
             f"database schema is at {current or 'nothing'}, code needs {head}:"
             " run `keyrotor migrate`"
         )
+
+
+def keyset_page(
+    session: Session,
+    query: Select[Any],
+    column: Any,
+    *,
+    after: str | None,
+    max_results: int,
+    direction: str,
+) -> tuple[bool, list[Any]]:
+    """One page of `query` ordered by `column` from just past `after`, and whether more follow
+    (one row more than a page is read to tell)."""
+    if after is not None:
+        query = query.where(column > after if direction == "asc" else column < after)
+    order = column.asc() if direction == "asc" else column.desc()
+    rows = list(session.scalars(query.order_by(order).limit(max_results + 1)))
+    return len(rows) > max_results, rows[:max_results]
